@@ -1,0 +1,1 @@
+"""The HTTP API: provisioning REST (Klein), health, metrics and the OpenAPI document."""

@@ -1,0 +1,452 @@
+"""The provisioning REST API as a Klein application.
+
+Handlers are thin: authenticate, parse and validate, run one transaction in
+the database pool, render JSON. Errors are RFC 9457 problems; nothing the
+client sends can make the handler raise past this module.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import time
+from typing import Any, Callable
+
+import yaml
+from klein import Klein
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy import delete, insert, select, text
+from sqlalchemy.exc import IntegrityError
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from .. import __version__
+from ..billing import ledger as ledger_mod
+from ..store.db import Database
+from ..store.models import idempotency_keys, ledger
+from . import crud
+from .auth import KeyCache, Principal, lookup
+from .openapi import document
+from .problem import PROBLEM_JSON, Problem, invalid
+from .resources import ACCOUNTS, BY_PATH, COLLECTIONS, TRANSACTIONS
+from .schema import coerce, render, validate
+
+JSON = "application/json"
+MAX_ID = 2**63 - 1
+
+
+class ApiMetrics:
+    """Request counters and latencies, in the node's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "switchd_api_requests",
+            "API requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "switchd_api_request_seconds",
+            "API request latency by route template",
+            ["route"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+        )
+
+
+class ProvisioningAPI:
+    """``/v1`` provisioning, ``/health``, ``/metrics`` and ``/openapi.yaml``."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        db: Database,
+        clock: IReactorTime,
+        registry: CollectorRegistry,
+        *,
+        page_size: int = 100,
+        max_body_bytes: int = 1 << 20,
+        auth_cache_seconds: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.registry = registry
+        self.page_size = page_size
+        self.max_body_bytes = max_body_bytes
+        self.keys = KeyCache(clock.seconds, auth_cache_seconds)
+        self.metrics = ApiMetrics(registry)
+        self.openapi_yaml = openapi_yaml()
+        self.app = Klein()
+        self._routes()
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- plumbing -------------------------------------------------------------
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+
+    def _handler(self, route: str, fn: Callable[..., Any], *, auth: bool = True):
+        """Wrap an async handler: auth, problems, metrics, JSON rendering."""
+
+        async def handle(request: IRequest, **kwargs: Any) -> bytes:
+            started = time.perf_counter()
+            try:
+                if auth:
+                    kwargs["principal"] = await self._authenticate(request)
+                status, body = await fn(request, **kwargs)
+                request.setResponseCode(status)
+                if body is None:
+                    result = b""
+                elif isinstance(body, bytes):
+                    result = body
+                else:
+                    request.setHeader("Content-Type", JSON)
+                    result = json.dumps(body).encode("utf-8")
+            except Problem as problem:
+                result = self._problem(request, problem)
+            except Exception:
+                self.log.failure("API request {method} {path} failed", method=request.method, path=request.path)
+                result = self._problem(request, Problem(500, "internal error; see the switchd log"))
+            self.metrics.requests.labels(route, request.method.decode(), str(request.code)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            return result
+
+        def entry(request: IRequest, **kwargs: Any) -> Deferred:
+            return ensureDeferred(handle(request, **kwargs))
+
+        return entry
+
+    def _problem(self, request: IRequest, problem: Problem) -> bytes:
+        request.setResponseCode(problem.status)
+        request.setHeader("Content-Type", PROBLEM_JSON)
+        for name, value in problem.headers.items():
+            request.setHeader(name, value)
+        return problem.render(request.path.decode("utf-8", "replace"))
+
+    async def _authenticate(self, request: IRequest) -> Principal:
+        header = request.getHeader("Authorization") or ""
+        scheme, _, key = header.partition(" ")
+        challenge = {"WWW-Authenticate": 'Bearer realm="switchd"'}
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Problem(401, "send an API key as 'Authorization: Bearer <key>'", headers=challenge)
+        key = key.strip()
+        principal = self.keys.get(key)
+        if principal is None:
+            principal = await self.db.run(lookup, key)
+            if principal is None:
+                raise Problem(401, "the API key is not valid", headers=challenge)
+            self.keys.put(key, principal)
+        return principal
+
+    def _body(self, request: IRequest) -> Any:
+        length = request.getHeader("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            raise Problem(413, f"the body is larger than {self.max_body_bytes} bytes")
+        raw = request.content.read(self.max_body_bytes + 1)
+        if len(raw) > self.max_body_bytes:
+            raise Problem(413, f"the body is larger than {self.max_body_bytes} bytes")
+        ctype = (request.getHeader("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != JSON:
+            raise Problem(415, "send the body as application/json")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Problem(400, f"the body is not valid JSON: {e}") from None
+
+    @staticmethod
+    def _object_id(raw: str) -> int:
+        if not raw.isdigit() or len(raw) > 19 or not 1 <= int(raw) <= MAX_ID:
+            raise Problem(404, "no such object")
+        return int(raw)
+
+    def _query(self, request: IRequest, resource, extra_names: tuple[str, ...] = ()) -> tuple[dict, int, str | None, dict]:
+        """Paging and filters from the query string, validated."""
+        errors = []
+        filters: dict[str, Any] = {}
+        extra: dict[str, str] = {}
+        limit = self.page_size
+        cursor = None
+        for raw_name, raw_values in request.args.items():
+            name = raw_name.decode("utf-8", "replace")
+            value = raw_values[-1].decode("utf-8", "replace")
+            if name == "limit":
+                if not value.isdigit() or not 1 <= int(value) <= 1000:
+                    errors.append({"field": "limit", "message": "must be an integer from 1 to 1000"})
+                else:
+                    limit = int(value)
+            elif name == "cursor":
+                cursor = value
+            elif name in extra_names:
+                extra[name] = value
+            elif name in resource.filters:
+                f = resource.by_name[name]
+                parsed: Any = value
+                if f.type in ("integer", "id"):
+                    parsed = int(value) if value.lstrip("-").isdigit() and len(value) < 20 else value
+                elif f.type == "boolean":
+                    parsed = {"true": True, "false": False}.get(value, value)
+                checked, problem = coerce(f, parsed)
+                if problem:
+                    errors.append({"field": name, "message": problem})
+                else:
+                    filters[name] = checked
+            else:
+                errors.append({"field": name, "message": "unknown query parameter"})
+        if errors:
+            raise invalid(errors)
+        return filters, limit, cursor, extra
+
+    async def _idempotent(
+        self,
+        request: IRequest,
+        principal: Principal,
+        work: Callable[[Any], tuple[int, dict[str, Any]]],
+        body: Any,
+        once: tuple[str, ...] = (),
+    ) -> tuple[int, Any]:
+        """Run a create at most once per Idempotency-Key of this API key."""
+        key = request.getHeader("Idempotency-Key")
+        if key is None:
+            return await self.db.run(work)
+        if not (1 <= len(key) <= 255) or not all("!" <= c <= "~" for c in key):
+            raise invalid([{"field": "Idempotency-Key", "message": "must be 1 to 255 visible ASCII characters"}])
+        path = request.path.decode("utf-8", "replace")
+        digest = hashlib.sha256(
+            request.method + b" " + request.path + b"\n" + json.dumps(body, sort_keys=True).encode()
+        ).hexdigest()
+        now = self.now()
+
+        def replay(conn):
+            row = conn.execute(
+                select(idempotency_keys).where(
+                    idempotency_keys.c.api_key_id == principal.key_id,
+                    idempotency_keys.c.key == key,
+                )
+            ).first()
+            if row is None:
+                return None
+            if row.request_hash != digest:
+                raise Problem(
+                    422,
+                    "this Idempotency-Key was used for a different request",
+                    title="Idempotency-Key reused",
+                )
+            return row.status, json.loads(row.response), True
+
+        def once_only(conn):
+            previous = replay(conn)
+            if previous is not None:
+                return previous
+            status, result = work(conn)
+            stored = {k: (None if k in once else v) for k, v in result.items()}
+            conn.execute(
+                insert(idempotency_keys).values(
+                    api_key_id=principal.key_id,
+                    key=key,
+                    method=request.method.decode(),
+                    path=path[:500],
+                    request_hash=digest,
+                    status=status,
+                    response=json.dumps(stored),
+                    created_at=now,
+                )
+            )
+            return status, result, False
+
+        try:
+            status, result, replayed = await self.db.run(once_only)
+        except IntegrityError:
+            # A concurrent request with the same key won the race: answer as it did.
+            previous = await self.db.run(replay)
+            if previous is None:
+                raise
+            status, result, replayed = previous
+        if replayed:
+            request.setHeader("Idempotent-Replayed", "true")
+        return status, result
+
+    # -- routes ---------------------------------------------------------------
+
+    def _routes(self) -> None:
+        app = self.app
+        for resource in COLLECTIONS:
+            self._collection_routes(resource)
+        app.route("/v1/accounts/<string:id>/transactions", methods=["GET"], endpoint="listTransaction")(
+            self._handler("/v1/accounts/{id}/transactions", self.list_transactions)
+        )
+        app.route("/v1/accounts/<string:id>/transactions", methods=["POST"], endpoint="createTransaction")(
+            self._handler("/v1/accounts/{id}/transactions", self.create_transaction)
+        )
+        app.route("/health", methods=["GET"], endpoint="health")(self._handler("/health", self.health, auth=False))
+        app.route("/metrics", methods=["GET"], endpoint="metrics")(self._handler("/metrics", self.metrics_text, auth=False))
+        app.route("/openapi.yaml", methods=["GET"], endpoint="openapi")(
+            self._handler("/openapi.yaml", self.openapi, auth=False)
+        )
+
+        @app.handle_errors(NotFound)
+        def not_found(request, failure):
+            return self._problem(request, Problem(404, "no such resource"))
+
+        @app.handle_errors(MethodNotAllowed)
+        def not_allowed(request, failure):
+            allowed = getattr(failure.value, "valid_methods", None) or []
+            headers = {"Allow": ", ".join(allowed)} if allowed else {}
+            return self._problem(request, Problem(405, "method not allowed here", headers=headers))
+
+    def _collection_routes(self, resource) -> None:
+        path = resource.path
+        base = f"/v1/{path}"
+        item = f"/v1/{path}/<string:id>"
+        label = f"/v1/{path}/{{id}}"
+
+        async def list_(request, principal):
+            extra_names = ("from", "to") if path == "cdrs" else ()
+            filters, limit, cursor, extra = self._query(request, resource, extra_names)
+            clauses = self._time_range(resource, extra)
+            return 200, await self.db.run(crud.list_, path, principal, filters, limit, cursor, clauses)
+
+        async def get(request, principal, id):
+            object_id = self._object_id(id)
+            return 200, await self.db.run(crud.get, path, principal, object_id)
+
+        async def create(request, principal):
+            body = self._body(request)
+            crud.allow_write(resource, principal, "create")
+            values = validate(resource, body, creating=True, admin=principal.admin)
+            now = self.now()
+
+            def work(conn):
+                return 201, crud.create(conn, path, principal, dict(values), now)
+
+            once = tuple(f.name for f in resource.once_fields)
+            status, result = await self._idempotent(request, principal, work, body, once)
+            if result.get("id") is not None:
+                request.setHeader("Location", f"{base}/{result['id']}")
+            return status, result
+
+        async def patch(request, principal, id):
+            object_id = self._object_id(id)
+            body = self._body(request)
+            crud.allow_write(resource, principal, "update")
+            values = validate(resource, body, creating=False, admin=principal.admin)
+            return 200, await self.db.run(crud.modify, path, principal, object_id, values, self.now())
+
+        async def remove(request, principal, id):
+            object_id = self._object_id(id)
+            crud.allow_write(resource, principal, "delete")
+            await self.db.run(crud.remove, path, principal, object_id, self.now())
+            if resource.deleted_column is not None:
+                self.keys.forget(object_id)
+            return 204, None
+
+        name = resource.name
+        route = self.app.route
+        route(base, methods=["GET"], endpoint=f"list{name}")(self._handler(base, list_))
+        route(item, methods=["GET"], endpoint=f"get{name}")(self._handler(label, get))
+        if resource.creatable:
+            route(base, methods=["POST"], endpoint=f"create{name}")(self._handler(base, create))
+        if resource.updatable:
+            route(item, methods=["PATCH"], endpoint=f"update{name}")(self._handler(label, patch))
+        if resource.deletable:
+            route(item, methods=["DELETE"], endpoint=f"delete{name}")(self._handler(label, remove))
+
+    @staticmethod
+    def _time_range(resource, extra: dict[str, str]) -> list:
+        clauses = []
+        errors = []
+        for name, value in extra.items():
+            try:
+                moment = datetime.datetime.fromisoformat(value)
+            except ValueError:
+                errors.append({"field": name, "message": "must be an ISO 8601 date-time"})
+                continue
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=datetime.timezone.utc)
+            column = resource.table.c.start_time
+            clauses.append(column >= moment if name == "from" else column < moment)
+        if errors:
+            raise invalid(errors)
+        return clauses
+
+    # -- accounts' ledger -------------------------------------------------------
+
+    async def list_transactions(self, request, principal, id):
+        account_id = self._object_id(id)
+        _, limit, cursor, _ = self._query(request, TRANSACTIONS)
+
+        def work(conn):
+            crud.get(conn, ACCOUNTS.path, principal, account_id)  # 404 if not visible
+            return crud.list_(
+                conn, TRANSACTIONS.path, principal, {}, limit, cursor,
+                [ledger.c.account_id == account_id],
+            )
+
+        return 200, await self.db.run(work)
+
+    async def create_transaction(self, request, principal, id):
+        account_id = self._object_id(id)
+        body = self._body(request)
+        if not principal.admin:
+            raise Problem(403, "only an admin key moves money")
+        values = validate(TRANSACTIONS, body, creating=True, admin=True)
+        now = self.now()
+
+        def work(conn):
+            crud.get(conn, ACCOUNTS.path, principal, account_id)
+            try:
+                movement = ledger_mod.book(
+                    conn,
+                    account_id,
+                    values["kind"],
+                    values["amount"],
+                    now,
+                    reference=values.get("reference"),
+                    description=values.get("description"),
+                )
+            except ledger_mod.LedgerError as e:
+                raise invalid([{"field": "amount", "message": str(e)}]) from None
+            row = conn.execute(select(ledger).where(ledger.c.id == movement.id)).one()
+            return (200 if movement.replayed else 201), render(TRANSACTIONS, row)
+
+        return await self._idempotent(request, principal, work, body)
+
+    # -- operations -----------------------------------------------------------
+
+    async def health(self, request):
+        try:
+            await self.db.run(lambda conn: conn.execute(text("SELECT 1")).scalar())
+        except Exception as e:
+            raise Problem(503, f"the database is not reachable: {type(e).__name__}") from None
+        return 200, {"status": "ok", "database": "ok", "version": __version__}
+
+    async def metrics_text(self, request):
+        request.setHeader("Content-Type", CONTENT_TYPE_LATEST)
+        return 200, generate_latest(self.registry)
+
+    async def openapi(self, request):
+        request.setHeader("Content-Type", "application/yaml")
+        return 200, self.openapi_yaml
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """YAML without anchors and aliases: easier for people and tools to read."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def openapi_yaml() -> bytes:
+    return yaml.dump(document(), Dumper=_PlainDumper, sort_keys=False, allow_unicode=True).encode("utf-8")
+
+
+def expire_idempotency_keys(conn, before: datetime.datetime) -> int:
+    """Forget Idempotency-Keys older than ``before``; returns how many."""
+    return conn.execute(delete(idempotency_keys).where(idempotency_keys.c.created_at < before)).rowcount

@@ -1,0 +1,311 @@
+"""The OpenAPI 3.1 document, generated from the same resource descriptions
+that validate requests and render answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from .resources import ACCOUNTS, COLLECTIONS, TRANSACTIONS
+from .schema import Resource
+
+PROBLEM_REF = {"$ref": "#/components/responses/Problem"}
+
+
+def _problem_responses(*codes: int) -> dict[str, Any]:
+    return {str(code): PROBLEM_REF for code in codes}
+
+
+def _schemas(resource: Resource) -> dict[str, Any]:
+    name = resource.name
+    out_props = {f.name: f.json_schema(False) for f in resource.output_fields}
+    schemas: dict[str, Any] = {
+        name: {
+            "type": "object",
+            "description": resource.doc,
+            "properties": out_props,
+            "required": list(out_props),
+            "additionalProperties": False,
+        },
+        f"{name}List": {
+            "type": "object",
+            "properties": {
+                "items": {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}},
+                "next_cursor": {
+                    "type": ["string", "null"],
+                    "description": "Pass as ?cursor= for the next page; null on the last page.",
+                },
+            },
+            "required": ["items", "next_cursor"],
+            "additionalProperties": False,
+        },
+    }
+    writable = [f for f in resource.fields if not f.readonly]
+    if resource.creatable:
+        schemas[f"{name}Create"] = {
+            "type": "object",
+            "properties": {f.name: f.json_schema(True) for f in writable},
+            "required": [f.name for f in writable if f.required and not f.admin_only],
+            "additionalProperties": False,
+        }
+        if resource.once_fields:
+            created_props = dict(out_props)
+            for f in resource.once_fields:
+                s = f.json_schema(False)
+                s["type"] = ["string", "null"]  # null when an Idempotency-Key replays
+                created_props[f.name] = s
+            schemas[f"{name}Created"] = {
+                "type": "object",
+                "properties": created_props,
+                "required": list(created_props),
+                "additionalProperties": False,
+            }
+    if resource.updatable:
+        schemas[f"{name}Update"] = {
+            "type": "object",
+            "properties": {f.name: f.json_schema(True) for f in writable if not f.immutable},
+            "additionalProperties": False,
+        }
+    return schemas
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+def _filter_params(resource: Resource) -> list[dict[str, Any]]:
+    params = []
+    for name in resource.filters:
+        f = resource.by_name[name]
+        schema = f.json_schema(True)
+        schema.pop("default", None)
+        if isinstance(schema.get("type"), list):
+            schema["type"] = schema["type"][0]
+            if "enum" in schema:
+                schema["enum"] = [v for v in schema["enum"] if v is not None]
+        params.append({"name": name, "in": "query", "required": False, "schema": schema})
+    return params
+
+
+PAGING = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "description": "Page size.",
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"},
+        "description": "next_cursor of the previous page.",
+    },
+]
+
+ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+}
+
+IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "Retrying a create with the same key and body returns the first answer "
+    "and creates nothing new.",
+}
+
+
+def _operations(resource: Resource) -> dict[str, Any]:
+    name = resource.name
+    tag = resource.path.split("/")[0]
+    collection: dict[str, Any] = {
+        "get": {
+            "operationId": f"list{name}",
+            "tags": [tag],
+            "summary": f"List {resource.path}",
+            "parameters": PAGING + _filter_params(resource) + (
+                [
+                    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                ]
+                if resource.path == "cdrs"
+                else []
+            ),
+            "responses": {
+                "200": {"description": "A page", "content": _json(f"{name}List")},
+                **_problem_responses(401, 403, 422),
+            },
+        }
+    }
+    if resource.creatable:
+        created = f"{name}Created" if resource.once_fields else name
+        collection["post"] = {
+            "operationId": f"create{name}",
+            "tags": [tag],
+            "summary": f"Create in {resource.path}",
+            "parameters": [IDEMPOTENCY],
+            "requestBody": {"required": True, "content": _json(f"{name}Create")},
+            "responses": {
+                "201": {"description": "Created", "content": _json(created)},
+                **_problem_responses(400, 401, 403, 409, 413, 415, 422),
+            },
+        }
+    item: dict[str, Any] = {
+        "parameters": [ID_PARAM],
+        "get": {
+            "operationId": f"get{name}",
+            "tags": [tag],
+            "responses": {
+                "200": {"description": "The object", "content": _json(name)},
+                **_problem_responses(401, 403, 404),
+            },
+        },
+    }
+    if resource.updatable:
+        item["patch"] = {
+            "operationId": f"update{name}",
+            "tags": [tag],
+            "requestBody": {"required": True, "content": _json(f"{name}Update")},
+            "responses": {
+                "200": {"description": "Changed", "content": _json(name)},
+                **_problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
+            },
+        }
+    if resource.deletable:
+        item["delete"] = {
+            "operationId": f"delete{name}",
+            "tags": [tag],
+            "responses": {
+                "204": {"description": "Deleted"},
+                **_problem_responses(401, 403, 404, 409),
+            },
+        }
+    return {f"/v1/{resource.path}": collection, f"/v1/{resource.path}/{{id}}": item}
+
+
+def _transactions() -> dict[str, Any]:
+    schemas = _schemas(TRANSACTIONS)
+    account = dict(ID_PARAM, description=f"{ACCOUNTS.name} id")
+    path = {
+        "parameters": [account],
+        "get": {
+            "operationId": "listTransaction",
+            "tags": ["accounts"],
+            "summary": "The account's ledger, oldest first",
+            "parameters": PAGING,
+            "responses": {
+                "200": {"description": "A page", "content": _json("TransactionList")},
+                **_problem_responses(401, 403, 404, 422),
+            },
+        },
+        "post": {
+            "operationId": "createTransaction",
+            "tags": ["accounts"],
+            "summary": "Move money (admin keys)",
+            "parameters": [IDEMPOTENCY],
+            "requestBody": {"required": True, "content": _json("TransactionCreate")},
+            "responses": {
+                "201": {"description": "Booked", "content": _json("Transaction")},
+                "200": {
+                    "description": "The reference was already booked: the first booking",
+                    "content": _json("Transaction"),
+                },
+                **_problem_responses(400, 401, 403, 404, 413, 415, 422),
+            },
+        },
+    }
+    return {"/v1/accounts/{id}/transactions": path}, schemas
+
+
+def document() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    schemas: dict[str, Any] = {
+        "Problem": {
+            "type": "object",
+            "description": "RFC 9457 problem details.",
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "instance": {"type": "string"},
+                "errors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                        "required": ["field", "message"],
+                    },
+                },
+            },
+            "required": ["type", "title", "status", "detail"],
+        },
+        "Health": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "string", "enum": ["ok"]},
+                "database": {"type": "string", "enum": ["ok"]},
+                "version": {"type": "string"},
+            },
+            "required": ["status", "database", "version"],
+        },
+    }
+    for resource in COLLECTIONS:
+        paths.update(_operations(resource))
+        schemas.update(_schemas(resource))
+    tx_paths, tx_schemas = _transactions()
+    # Keep the account paths together in the document.
+    paths.update(tx_paths)
+    schemas.update(tx_schemas)
+    paths["/health"] = {
+        "get": {
+            "operationId": "health",
+            "tags": ["operations"],
+            "security": [],
+            "responses": {
+                "200": {"description": "Up, database reachable", "content": _json("Health")},
+                **_problem_responses(503),
+            },
+        }
+    }
+    paths["/metrics"] = {
+        "get": {
+            "operationId": "metrics",
+            "tags": ["operations"],
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "Prometheus text exposition format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "switchd provisioning API",
+            "version": __version__,
+            "description": "Customers, accounts, services, connections, tariffs, routing, "
+            "trunks, SMPP links, API keys and CDRs of a switchd node.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+            "responses": {
+                "Problem": {
+                    "description": "An error (RFC 9457)",
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                }
+            },
+        },
+    }

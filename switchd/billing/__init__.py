@@ -1,0 +1,1 @@
+"""Billing: the balance ledger, tariffs, rating, CDRs and periodic write-offs."""

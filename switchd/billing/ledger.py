@@ -1,0 +1,117 @@
+"""The balance ledger: the only way money moves on an account.
+
+Each movement is one ``ledger`` row holding the signed amount and the balance
+right after it, written in the same transaction as the account's new balance,
+so ``balance == sum(amount)`` always holds and every cent is explained. A
+movement with a reference is booked at most once per account and kind: a
+retried charge for the same call returns the first booking.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+
+from ..store.models import LEDGER_KINDS, accounts, ledger
+from ..store.types import to_money
+
+CREDITS = frozenset({"topup", "refund"})
+DEBITS = frozenset({"charge", "writeoff"})
+
+
+class LedgerError(ValueError):
+    """A movement that cannot be booked (unknown account, bad amount)."""
+
+
+@dataclass(frozen=True)
+class Movement:
+    id: int
+    account_id: int
+    kind: str
+    amount: Decimal
+    balance_after: Decimal
+    reference: str | None
+    description: str | None
+    created_at: datetime.datetime
+    replayed: bool  # True: the reference was already booked; nothing moved now
+
+
+def signed_amount(kind: str, amount: Decimal) -> Decimal:
+    """Credits are positive, debits negative; adjustment keeps its sign."""
+    if kind not in LEDGER_KINDS:
+        raise LedgerError(f"unknown movement kind {kind!r}")
+    amount = to_money(amount)
+    if kind == "adjustment":
+        if amount == 0:
+            raise LedgerError("an adjustment must not be zero")
+        return amount
+    if amount <= 0:
+        raise LedgerError(f"a {kind} amount must be positive")
+    return amount if kind in CREDITS else -amount
+
+
+def _movement(row, replayed: bool) -> Movement:
+    return Movement(
+        id=row.id,
+        account_id=row.account_id,
+        kind=row.kind,
+        amount=row.amount,
+        balance_after=row.balance_after,
+        reference=row.reference,
+        description=row.description,
+        created_at=row.created_at,
+        replayed=replayed,
+    )
+
+
+def book(
+    conn: Connection,
+    account_id: int,
+    kind: str,
+    amount: Decimal,
+    now: datetime.datetime,
+    reference: str | None = None,
+    description: str | None = None,
+) -> Movement:
+    """Move money on an account, in the caller's transaction."""
+    delta = signed_amount(kind, amount)
+    if reference is not None:
+        previous = conn.execute(
+            select(ledger).where(
+                ledger.c.account_id == account_id,
+                ledger.c.kind == kind,
+                ledger.c.reference == reference,
+            )
+        ).first()
+        if previous is not None:
+            return _movement(previous, replayed=True)
+    # Lock the account row (PostgreSQL); SQLite's BEGIN IMMEDIATE already did.
+    balance = conn.execute(
+        select(accounts.c.balance).where(accounts.c.id == account_id).with_for_update()
+    ).scalar()
+    if balance is None:
+        raise LedgerError(f"no account {account_id}")
+    new_balance = to_money(balance + delta)
+    conn.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(balance=new_balance, updated_at=now)
+    )
+    row = conn.execute(
+        insert(ledger)
+        .values(
+            account_id=account_id,
+            kind=kind,
+            amount=delta,
+            balance_after=new_balance,
+            reference=reference,
+            description=description,
+            created_at=now,
+        )
+        .returning(*ledger.c)
+    ).one()
+    return _movement(row, replayed=False)

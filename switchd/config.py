@@ -1,0 +1,297 @@
+"""Process configuration: an INI file plus ``SWITCHD_<SECTION>_<KEY>`` overrides.
+
+The file holds only process settings (listeners, database URL, paths, log
+level); provisioning lives in the database. Every section and key is declared
+here once, with its default, its parser and its meaning: the sample
+``etc/switchd.ini`` and ``docs/configuration.rst`` are checked against this
+schema by the test suite.
+
+Errors never surface as tracebacks: :class:`ConfigError` names the file (or
+environment variable), the section and the key, and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+ENV_PREFIX = "SWITCHD_"
+
+
+class ConfigError(Exception):
+    """A configuration problem, rendered as one line naming where it is."""
+
+    def __init__(
+        self,
+        source: str,
+        problem: str,
+        section: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.source = source
+        self.section = section
+        self.key = key
+        self.problem = problem
+        where = source
+        if section is not None:
+            where += f": [{section}]"
+            if key is not None:
+                where += f" {key}"
+        super().__init__(f"{where}: {problem}")
+
+
+# -- value parsers: each takes the raw string and returns the value or raises
+# ValueError with a message fit for a sysadmin.
+
+
+def parse_str(raw: str) -> str:
+    return raw.strip()
+
+
+def parse_int(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip(), 10)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw.strip()!r}") from None
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ValueError(f"must be at most {maximum}, got {value}")
+        return value
+
+    return parse
+
+
+def parse_float(minimum: float | None = None) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw.strip()!r}") from None
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off"}
+
+
+def parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected yes or no, got {raw.strip()!r}")
+
+
+def parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {raw.strip()!r}")
+        return value
+
+    return parse
+
+
+def parse_endpoints(raw: str) -> tuple[str, ...]:
+    """Whitespace-separated Twisted server endpoint strings (may be empty)."""
+    return tuple(raw.split())
+
+
+def parse_database_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg2:")):
+        raise ValueError(
+            "expected an sqlite:/// or postgresql:// URL (empty means the SQLite "
+            "file under state_dir)"
+        )
+    return value
+
+
+def setting(default: str, parse: Callable[[str], Any], doc: str) -> Any:
+    """Declare one key: its default as written in the INI file, parser, meaning."""
+    return field(
+        default=parse(default),
+        metadata={"raw_default": default, "parse": parse, "doc": doc},
+    )
+
+
+@dataclass(frozen=True)
+class SwitchdSection:
+    """[switchd]: the process as a whole."""
+
+    state_dir: str = setting(
+        "switchd-state",
+        parse_str,
+        "Directory for the SQLite database, the admin API key and other state. "
+        "A relative path is taken from twistd's working directory.",
+    )
+    node_id: str = setting(
+        "",
+        parse_str,
+        "Name of this node when several share one database (empty: the host name).",
+    )
+
+
+@dataclass(frozen=True)
+class DatabaseSection:
+    """[database]: where provisioning, CDRs and messages are stored."""
+
+    url: str = setting(
+        "",
+        parse_database_url,
+        "SQLAlchemy URL. Empty: an SQLite file <state_dir>/switchd.sqlite3, created and "
+        "migrated at start. postgresql://user@host/db for PostgreSQL (migrate it with "
+        "'switchctl -c FILE db upgrade').",
+    )
+    pool_size: int = setting(
+        "8",
+        parse_int(1, 256),
+        "Database threads and connections (PostgreSQL). SQLite always uses one writer thread.",
+    )
+    auto_migrate: bool = setting(
+        "no",
+        parse_bool,
+        "Migrate a PostgreSQL schema at start instead of refusing to start when it is behind. "
+        "SQLite files are always migrated.",
+    )
+
+
+@dataclass(frozen=True)
+class ApiSection:
+    """[api]: the provisioning REST API, health and metrics."""
+
+    listen: tuple[str, ...] = setting(
+        "tcp:8080:interface=127.0.0.1",
+        parse_endpoints,
+        "Twisted endpoint strings the HTTP API listens on, separated by whitespace "
+        "(empty: no API).",
+    )
+    max_body_bytes: int = setting(
+        "1048576", parse_int(1024), "Largest request body accepted (413 beyond it)."
+    )
+    page_size: int = setting("100", parse_int(1, 1000), "Default page size of list endpoints.")
+    auth_cache_seconds: float = setting(
+        "5",
+        parse_float(0),
+        "How long a verified API key is trusted without asking the database again "
+        "(0 disables the cache). Keys revoked through this node are dropped at once.",
+    )
+    idempotency_hours: float = setting(
+        "24", parse_float(0), "How long a POST Idempotency-Key is remembered."
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole process configuration."""
+
+    source: str = "<defaults>"
+    switchd: SwitchdSection = field(default_factory=SwitchdSection)
+    database: DatabaseSection = field(default_factory=DatabaseSection)
+    api: ApiSection = field(default_factory=ApiSection)
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.abspath(self.switchd.state_dir)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return "sqlite:///" + os.path.join(self.state_dir, "switchd.sqlite3")
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Config)
+    if f.name != "source"
+}
+
+
+def section_keys(section: str) -> list[dataclasses.Field]:
+    """The declared keys of one section, in declaration order."""
+    return list(dataclasses.fields(SECTIONS[section]))
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """(variable, section, key, raw) for every ``SWITCHD_*`` variable."""
+    found = []
+    # Longest section names first so SWITCHD_SWITCHD_X is not read as [sw...].
+    names = sorted(SECTIONS, key=len, reverse=True)
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):].lower()
+        for section in names:
+            if rest.startswith(section + "_"):
+                found.append((var, section, rest[len(section) + 1:], raw))
+                break
+        else:
+            raise ConfigError(
+                f"environment variable {var}",
+                f"names no section; known sections: {', '.join(SECTIONS)}",
+            )
+    return found
+
+
+def load(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the INI file at ``path`` (None: embedded defaults) and the environment."""
+    if environ is None:
+        environ = os.environ
+    raw: dict[str, dict[str, tuple[str, str]]] = {name: {} for name in SECTIONS}
+    source = path or "<defaults>"
+    if path is not None:
+        parser = configparser.ConfigParser(
+            interpolation=None, strict=True, default_section="\0none"
+        )
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        try:
+            with open(path, encoding="utf-8") as f:
+                parser.read_file(f, source=path)
+        except OSError as e:
+            raise ConfigError(path, f"cannot read the file: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(path, "the file is not UTF-8 text") from None
+        except configparser.Error as e:
+            message = str(e).splitlines()[0]
+            raise ConfigError(path, f"not a valid INI file: {message}") from None
+        for section in parser.sections():
+            if section not in SECTIONS:
+                raise ConfigError(
+                    path,
+                    f"unknown section; known sections: {', '.join(SECTIONS)}",
+                    section,
+                )
+            for key, value in parser.items(section):
+                raw[section][key] = (path, value)
+    for var, section, key, value in _env_overrides(environ):
+        raw[section][key] = (f"environment variable {var}", value)
+
+    sections = {}
+    for name, cls in SECTIONS.items():
+        declared = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, (origin, value) in raw[name].items():
+            if key not in declared:
+                raise ConfigError(
+                    origin,
+                    f"unknown key; known keys: {', '.join(declared)}",
+                    name,
+                    key,
+                )
+            try:
+                values[key] = declared[key].metadata["parse"](value)
+            except ValueError as e:
+                raise ConfigError(origin, str(e), name, key) from None
+        sections[name] = cls(**values)
+    return Config(source=source, **sections)

@@ -1,0 +1,148 @@
+"""makeService: the one place where switchd's parts are built and wired."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from .api.app import ProvisioningAPI, expire_idempotency_keys
+from .api.auth import create_key
+from .config import Config, ConfigError
+from .store import migrate
+from .store.db import Database, make_engine
+from .store.models import api_keys
+
+log = Logger(namespace="switchd")
+
+ADMIN_KEY_FILE = "admin-api-key"
+
+
+class StartupError(Exception):
+    """Startup cannot go on; the message is one line for the sysadmin."""
+
+
+class ListeningService(StreamServerEndpointService):
+    """Listens at start and turns a failure into one clear line."""
+
+    def __init__(self, endpoint, factory, config: Config, section: str, description: str) -> None:
+        super().__init__(endpoint, factory)
+        self._raiseSynchronously = True
+        self._where = (config.source, section, description)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            source, section, description = self._where
+            reason = e.socketError.strerror if getattr(e.socketError, "strerror", None) else e.socketError
+            raise SystemExit(
+                f"switchd: {ConfigError(source, f'cannot listen on {description}: {reason}', section, 'listen')}"
+            ) from None
+
+
+def prepare_state_dir(config: Config) -> str:
+    path = config.state_dir
+    try:
+        os.makedirs(path, mode=0o750, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(config.source, f"cannot create {path}: {e.strerror}", "switchd", "state_dir") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(config.source, f"{path} is not writable", "switchd", "state_dir")
+    return path
+
+
+def open_database(config: Config, reactor, *, for_daemon: bool = True) -> Database:
+    """The engine, migrated (SQLite, or PostgreSQL with auto_migrate) or checked."""
+    url = config.database_url
+    engine = make_engine(url, config.database.pool_size)
+    try:
+        current = migrate.current_revision(engine)
+    except Exception as e:
+        raise StartupError(
+            f"{config.source}: [database] url: cannot connect: {str(e).splitlines()[0]}"
+        ) from None
+    head = migrate.head_revision()
+    if current != head:
+        if engine.dialect.name == "sqlite" or config.database.auto_migrate or not for_daemon:
+            log.info("migrating the database from {current} to {head}", current=current or "empty", head=head)
+            migrate.upgrade(engine)
+        else:
+            raise StartupError(
+                f"{config.source}: [database] url: the schema is at revision "
+                f"{current or 'none'} but this switchd needs {head}; run "
+                f"'switchctl -c {config.source} db upgrade' first"
+            )
+    return Database(engine, reactor, threads=config.database.pool_size)
+
+
+def ensure_admin_key(db: Database, state_dir: str, now: datetime.datetime) -> str | None:
+    """On the first start, create an admin key and write it to the state dir."""
+
+    def work(conn):
+        exists = conn.execute(
+            select(api_keys.c.id).where(api_keys.c.admin.is_(True), api_keys.c.revoked_at.is_(None)).limit(1)
+        ).first()
+        if exists is not None:
+            return None
+        return create_key(conn, now, admin=True, customer_id=None, name="first admin key")[1]
+
+    key = db.run_blocking(work)
+    if key is None:
+        return None
+    path = os.path.join(state_dir, ADMIN_KEY_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.chmod(path, 0o600)
+    log.info("created the first admin API key; it is in {path}", path=path)
+    return path
+
+
+def make_service(config: Config, reactor) -> MultiService:
+    """Build the daemon's MultiService from a loaded configuration."""
+    top = MultiService()
+    state_dir = prepare_state_dir(config)
+    db = open_database(config, reactor)
+    db.setServiceParent(top)
+    now = datetime.datetime.fromtimestamp(reactor.seconds(), datetime.timezone.utc)
+    ensure_admin_key(db, state_dir, now)
+
+    registry = CollectorRegistry()
+    node = config.switchd.node_id or socket.gethostname()
+    api = ProvisioningAPI(
+        db,
+        reactor,
+        registry,
+        page_size=config.api.page_size,
+        max_body_bytes=config.api.max_body_bytes,
+        auth_cache_seconds=config.api.auth_cache_seconds,
+    )
+    site = Site(api.resource())
+    site.displayTracebacks = False
+    for description in config.api.listen:
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(config.source, f"bad endpoint {description!r}: {e}", "api", "listen") from None
+        ListeningService(endpoint, site, config, "api", description).setServiceParent(top)
+
+    def expire():
+        horizon = reactor.seconds() - config.api.idempotency_hours * 3600
+        before = datetime.datetime.fromtimestamp(horizon, datetime.timezone.utc)
+        return db.run(expire_idempotency_keys, before)
+
+    cleanup = TimerService(3600, expire)
+    cleanup.clock = reactor
+    cleanup.setServiceParent(top)
+    log.info("switchd node {node} configured from {source}", node=node, source=config.source)
+    return top

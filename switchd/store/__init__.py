@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy models, migrations and queries, run off the reactor thread."""

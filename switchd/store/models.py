@@ -1,0 +1,419 @@
+"""The database schema: every table switchd keeps, in one place.
+
+Provisioning follows seed 000 (customers, personal accounts, services and
+their connections); carrier-side objects are tariff plans with rates, routing
+groups, SIP trunks and upstream SMPP links; records are the balance ledger,
+CDRs and SMS messages. Alembic migrations under ``migrations/`` create exactly
+this schema; a test compares the two.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from .types import BigId, Money, UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+SERVICE_TYPES = (
+    "sip_telephony",
+    "api",
+    "tts",
+    "asr",
+    "push_id",
+    "incoming",
+    "redirection",
+)
+FEE_PERIODS = ("none", "day", "week", "month", "year")
+LEDGER_KINDS = ("topup", "charge", "refund", "writeoff", "adjustment")
+
+
+def _created() -> Column:
+    return Column("created_at", UTCDateTime(), nullable=False)
+
+
+def _updated() -> Column:
+    return Column("updated_at", UTCDateTime(), nullable=False)
+
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("email", String(254), nullable=True),
+    Column("phone", String(32), nullable=True),
+    Column("company", String(200), nullable=True),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("notes", Text, nullable=True),
+    _created(),
+    _updated(),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("customer_id", Integer, ForeignKey("customers.id"), nullable=False, index=True),
+    Column("name", String(200), nullable=True),
+    Column("currency", String(3), nullable=False),
+    Column("balance", Money(), nullable=False, default=0),
+    Column("credit_limit", Money(), nullable=False, default=0),
+    Column("billing_type", String(16), nullable=False, default="prepaid"),
+    Column("status", String(16), nullable=False, default="active"),
+    _created(),
+    _updated(),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("amount", Money(), nullable=False),
+    Column("balance_after", Money(), nullable=False),
+    # What the movement is for: a CDR's call id, "service:7:2026-11", a PIN...
+    # Unique per account and kind, so a charge can never be booked twice.
+    Column("reference", String(200), nullable=True),
+    Column("description", String(500), nullable=True),
+    _created(),
+    UniqueConstraint("account_id", "kind", "reference", name="uq_ledger_reference"),
+    Index("ix_ledger_account_id_id", "account_id", "id"),
+)
+
+tariff_plans = Table(
+    "tariff_plans",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("currency", String(3), nullable=False),
+    Column("description", String(500), nullable=True),
+    _created(),
+    _updated(),
+)
+
+rates = Table(
+    "rates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "tariff_plan_id",
+        Integer,
+        ForeignKey("tariff_plans.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # Destination prefix, digits only; the empty prefix matches every number.
+    Column("prefix", String(32), nullable=False),
+    Column("description", String(200), nullable=True),
+    Column("price_per_minute", Money(), nullable=False, default=0),
+    Column("price_per_message", Money(), nullable=False, default=0),
+    Column("price_per_use", Money(), nullable=False, default=0),
+    Column("connection_fee", Money(), nullable=False, default=0),
+    # Billing increments in seconds: "60/60" or "1/1" or "30/6".
+    Column("increment_first", Integer, nullable=False, default=60),
+    Column("increment_next", Integer, nullable=False, default=60),
+    _created(),
+    _updated(),
+    UniqueConstraint("tariff_plan_id", "prefix", name="uq_rates_plan_prefix"),
+)
+
+routing_groups = Table(
+    "routing_groups",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("description", String(500), nullable=True),
+    _created(),
+    _updated(),
+)
+
+trunks = Table(
+    "trunks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("host", String(253), nullable=False),
+    Column("port", Integer, nullable=False, default=5060),
+    Column("transport", String(8), nullable=False, default="udp"),
+    Column("enabled", Boolean, nullable=False, default=True),
+    _created(),
+    _updated(),
+)
+
+smpp_links = Table(
+    "smpp_links",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("enabled", Boolean, nullable=False, default=True),
+    # Basic configuration (seed 001, "Configuring SMS Gateways").
+    Column("host", String(253), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("system_id", String(16), nullable=True),
+    Column("password", String(9), nullable=True),
+    Column("mode", String(16), nullable=False, default="transceiver"),
+    Column("pdu_type", String(16), nullable=False, default="submit_sm"),
+    Column("sender_id_prefixes", String(500), nullable=True),
+    Column("accepted_number_prefixes", String(500), nullable=True),
+    Column("default_sender_id", String(21), nullable=True),
+    # ESME connection configuration.
+    Column("client_port", Integer, nullable=False, default=0),
+    Column("mo_port", Integer, nullable=False, default=0),
+    Column("heartbeat_interval_ms", Integer, nullable=False, default=30000),
+    Column("max_missed_heartbeats", Integer, nullable=False, default=3),
+    Column("resend_times", Integer, nullable=False, default=0),
+    Column("resend_wait_ms", Integer, nullable=False, default=0),
+    Column("receiving_timeout_ms", Integer, nullable=False, default=180000),
+    Column("max_error_packets", Integer, nullable=False, default=10),
+    Column("window_size", Integer, nullable=False, default=16),
+    Column("transaction_timeout_ms", Integer, nullable=False, default=6000),
+    Column("max_message_length", Integer, nullable=False, default=2048),
+    Column("split_mode", String(16), nullable=False, default="disabled"),
+    Column("max_content_length", Integer, nullable=False, default=140),
+    Column("max_receiving_rate", Integer, nullable=True),
+    Column("max_sending_rate", Integer, nullable=True),
+    Column("extra_traffic_policy", Integer, nullable=True),
+    Column("concatenation_mode", String(8), nullable=False, default="udh"),
+    # Message protocol parameters.
+    Column("system_type", String(13), nullable=True),
+    Column("addr_ton", Integer, nullable=False, default=0),
+    Column("addr_npi", Integer, nullable=False, default=0),
+    Column("address_range", String(41), nullable=True),
+    Column("service_type", String(6), nullable=True),
+    Column("source_addr_ton", Integer, nullable=False, default=0),
+    Column("source_addr_npi", Integer, nullable=False, default=0),
+    Column("dest_addr_ton", Integer, nullable=False, default=0),
+    Column("dest_addr_npi", Integer, nullable=False, default=0),
+    Column("esm_class", Integer, nullable=False, default=0),
+    Column("message_format", String(8), nullable=False, default="ascii"),
+    Column("protocol_id", Integer, nullable=False, default=0),
+    Column("registered_delivery", Integer, nullable=False, default=2),
+    Column("replace_if_present", Boolean, nullable=False, default=False),
+    Column("default_msg_id", Integer, nullable=False, default=0),
+    _created(),
+    _updated(),
+)
+
+routing_group_members = Table(
+    "routing_group_members",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "routing_group_id",
+        Integer,
+        ForeignKey("routing_groups.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # A member is a SIP trunk (calls) or an SMPP link (messages).
+    Column("trunk_id", Integer, ForeignKey("trunks.id"), nullable=True),
+    Column("smpp_link_id", Integer, ForeignKey("smpp_links.id"), nullable=True),
+    # Distribution priority: higher is tried first; weight splits equals.
+    Column("priority", Integer, nullable=False, default=0),
+    Column("weight", Integer, nullable=False, default=100),
+    # Digits prefixes this member carries ("" or NULL: every destination).
+    Column("prefixes", String(500), nullable=True),
+    _created(),
+    _updated(),
+    CheckConstraint(
+        "(trunk_id IS NULL) <> (smpp_link_id IS NULL)", name="one_target"
+    ),
+)
+
+services = Table(
+    "services",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("type", String(16), nullable=False),
+    Column("name", String(200), nullable=True),
+    Column("tariff_plan_id", Integer, ForeignKey("tariff_plans.id"), nullable=False),
+    Column("routing_group_id", Integer, ForeignKey("routing_groups.id"), nullable=True),
+    Column("distribution_priority", Integer, nullable=False, default=0),
+    Column("periodic_fee", Money(), nullable=False, default=0),
+    Column("fee_period", String(8), nullable=False, default="none"),
+    Column("status", String(16), nullable=False, default="active"),
+    _created(),
+    _updated(),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # NULL customer: an admin key. Otherwise the key acts for that customer.
+    Column("customer_id", Integer, ForeignKey("customers.id"), nullable=True, index=True),
+    Column("name", String(200), nullable=True),
+    Column("admin", Boolean, nullable=False, default=False),
+    # The public part of the key (its lookup id) and a salted hash of the rest.
+    Column("prefix", String(16), nullable=False, unique=True),
+    Column("salt", String(32), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+    _created(),
+)
+
+sip_connections = Table(
+    "sip_connections",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=False, index=True),
+    Column("trunk_id", Integer, ForeignKey("trunks.id"), nullable=False),
+    Column("auth_type", String(16), nullable=False, default="registration"),
+    Column("auth_user", String(100), nullable=True),
+    Column("auth_password", String(100), nullable=True),
+    Column("outbound_src_hardware", String(500), nullable=True),
+    Column("cps_limit", Integer, nullable=False, default=0),
+    Column("call_limit", Integer, nullable=False, default=0),
+    Column("voice_record", Boolean, nullable=False, default=False),
+    Column("area_id", Integer, nullable=False, default=1),
+    Column("interface_name", String(64), nullable=False, default="mitto"),
+    Column("comedia", Boolean, nullable=False, default=False),
+    Column("force_rport", Boolean, nullable=False, default=False),
+    Column("filter_caching", Boolean, nullable=False, default=False),
+    Column("logging", Boolean, nullable=False, default=False),
+    Column("qualify_ms", Integer, nullable=False, default=0),
+    _created(),
+    _updated(),
+)
+
+smpp_connections = Table(
+    "smpp_connections",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=False, index=True),
+    Column("login", String(16), nullable=False, unique=True),
+    Column("password_salt", String(32), nullable=False),
+    Column("password_hash", String(64), nullable=False),
+    Column("system_type", String(13), nullable=False, default="0"),
+    Column("reception_speed", Integer, nullable=False, default=50),
+    _created(),
+    _updated(),
+)
+
+http_connections = Table(
+    "http_connections",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=False, index=True),
+    Column("api_key_id", Integer, ForeignKey("api_keys.id"), nullable=False, unique=True),
+    Column("callback_version", String(2), nullable=False, default="V1"),
+    Column("start_callback", Boolean, nullable=False, default=False),
+    Column("end_callback", Boolean, nullable=False, default=False),
+    Column("transfer_method", String(8), nullable=False, default="POST"),
+    Column("url", String(2000), nullable=True),
+    Column("username", String(200), nullable=True),
+    Column("password", String(200), nullable=True),
+    Column("callback_repeat", Boolean, nullable=False, default=False),
+    Column("pass_a_number", Boolean, nullable=False, default=False),
+    Column("status_survey", Boolean, nullable=False, default=False),
+    Column("sending_restriction", Boolean, nullable=False, default=False),
+    Column("number_of_sendings", Integer, nullable=False, default=0),
+    Column("headers", JSON, nullable=False, default=dict),
+    _created(),
+    _updated(),
+)
+
+imap_connections = Table(
+    "imap_connections",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=False, index=True),
+    Column("server", String(253), nullable=False),
+    Column("port", Integer, nullable=False, default=993),
+    Column("username", String(200), nullable=False),
+    Column("password", String(200), nullable=False),
+    Column("protection", String(8), nullable=False, default="ssl"),
+    Column("folder", String(200), nullable=False, default="INBOX"),
+    _created(),
+    _updated(),
+)
+
+cdrs = Table(
+    "cdrs",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("call_id", String(200), nullable=False, unique=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=True),
+    Column("trunk_id", Integer, ForeignKey("trunks.id"), nullable=True),
+    Column("direction", String(8), nullable=False, default="outbound"),
+    Column("caller", String(64), nullable=True),
+    Column("callee", String(64), nullable=True),
+    Column("start_time", UTCDateTime(), nullable=False),
+    Column("answer_time", UTCDateTime(), nullable=True),
+    Column("end_time", UTCDateTime(), nullable=False),
+    Column("ring_seconds", Integer, nullable=False, default=0),
+    Column("billable_seconds", Integer, nullable=False, default=0),
+    Column("hangup_side", String(8), nullable=True),
+    Column("sip_code", Integer, nullable=True),
+    Column("reason", String(200), nullable=True),
+    Column("rate", Money(), nullable=True),
+    Column("charge", Money(), nullable=False, default=0),
+    Column("currency", String(3), nullable=True),
+    Column("recording", String(500), nullable=True),
+    Column("node", String(100), nullable=True),
+    _created(),
+    Index("ix_cdrs_account_id_start_time", "account_id", "start_time"),
+)
+
+sms_messages = Table(
+    "sms_messages",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=True),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=True),
+    Column("direction", String(4), nullable=False, default="mt"),
+    Column("source", String(21), nullable=False),
+    Column("destination", String(21), nullable=False),
+    Column("body", Text, nullable=False, default=""),
+    Column("data_coding", Integer, nullable=False, default=0),
+    Column("esm_class", Integer, nullable=False, default=0),
+    Column("registered_delivery", Integer, nullable=False, default=0),
+    Column("parts", Integer, nullable=False, default=1),
+    Column("status", String(16), nullable=False, default="accepted"),
+    Column("smpp_link_id", Integer, ForeignKey("smpp_links.id"), nullable=True),
+    Column("upstream_message_id", String(65), nullable=True, index=True),
+    Column("error_code", Integer, nullable=True),
+    Column("charge", Money(), nullable=False, default=0),
+    _created(),
+    _updated(),
+    Index("ix_sms_messages_account_id_id", "account_id", "id"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("api_key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("path", String(500), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("response", Text, nullable=False),
+    _created(),
+    UniqueConstraint("api_key_id", "key", name="uq_idempotency_keys_api_key_key"),
+)
