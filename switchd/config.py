@@ -295,3 +295,30 @@ def load(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
                 raise ConfigError(origin, str(e), name, key) from None
         sections[name] = cls(**values)
     return Config(source=source, **sections)
+
+
+def render_sample() -> str:
+    """The documented sample file: every key commented out at its default."""
+    import textwrap
+
+    lines = [
+        "# switchd configuration.",
+        "#",
+        "# Every key is shown at its default, commented out: uncomment to change.",
+        "# Any key can also be set from the environment as SWITCHD_<SECTION>_<KEY>",
+        "# (for example SWITCHD_API_LISTEN or SWITCHD_DATABASE_URL), which wins over",
+        "# this file. Provisioning (customers, trunks, tariffs...) lives in the",
+        "# database and is managed through the REST API, not here.",
+    ]
+    for name, cls in SECTIONS.items():
+        lines += ["", f"[{name}]"]
+        doc = (cls.__doc__ or "").strip().split(": ", 1)[-1]
+        if doc:
+            lines.append(f"# {doc}")
+        for f in dataclasses.fields(cls):
+            lines.append("")
+            for chunk in textwrap.wrap(f.metadata["doc"], 76, break_on_hyphens=False):
+                lines.append(f"# {chunk}")
+            default = f.metadata["raw_default"]
+            lines.append(f"#{f.name} = {default}" if default else f"#{f.name} =")
+    return "\n".join(lines) + "\n"

@@ -45,9 +45,25 @@ class ListeningService(StreamServerEndpointService):
         except CannotListenError as e:
             source, section, description = self._where
             reason = e.socketError.strerror if getattr(e.socketError, "strerror", None) else e.socketError
-            raise SystemExit(
-                f"switchd: {ConfigError(source, f'cannot listen on {description}: {reason}', section, 'listen')}"
-            ) from None
+            message = f"switchd: {ConfigError(source, f'cannot listen on {description}: {reason}', section, 'listen')}"
+            # twistd has already sent sys.stderr to the log; say it on the
+            # real standard error too, where the sysadmin is looking.
+            os.write(2, (message + "\n").encode("utf-8", "replace"))
+            raise SystemExit(1) from None
+        source, section, description = self._where
+        self._waitingForPort.addCallback(self._listening, section, description)
+
+    def _listening(self, port, section: str, description: str):
+        address = port.getHost()
+        log.info(
+            "[{section}] listening on {description} ({type} {host} port {port})",
+            section=section,
+            description=description,
+            type=getattr(address, "type", "?"),
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+        return port
 
 
 def prepare_state_dir(config: Config) -> str:
@@ -82,6 +98,9 @@ def open_database(config: Config, reactor, *, for_daemon: bool = True) -> Databa
                 f"{current or 'none'} but this switchd needs {head}; run "
                 f"'switchctl -c {config.source} db upgrade' first"
             )
+    if engine.dialect.name == "sqlite" and engine.url.database:
+        # Trunk and upstream passwords are in it: private to the switchd user.
+        os.chmod(engine.url.database, 0o600)
     return Database(engine, reactor, threads=config.database.pool_size)
 
 

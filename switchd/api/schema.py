@@ -17,7 +17,7 @@ from .problem import invalid
 
 INT32_MAX = 2**31 - 1
 ID_MAX = 2**63 - 1
-MONEY_PATTERN = r"^-?[0-9]{1,14}(\.[0-9]{1,6})?$"
+MONEY_PATTERN = r"^-?[0-9]{1,12}(\.[0-9]{1,6})?$"
 _MONEY_RE = re.compile(MONEY_PATTERN)
 # Printable text: no C0/C1 control characters (NUL breaks PostgreSQL, the
 # rest breaks logs, SIP headers and SMPP fields).

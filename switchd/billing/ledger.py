@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from ..store.models import LEDGER_KINDS, accounts, ledger
-from ..store.types import to_money
+from ..store.types import MONEY_LIMIT, to_money
 
 CREDITS = frozenset({"topup", "refund"})
 DEBITS = frozenset({"charge", "writeoff"})
@@ -96,6 +96,8 @@ def book(
     if balance is None:
         raise LedgerError(f"no account {account_id}")
     new_balance = to_money(balance + delta)
+    if abs(new_balance) >= MONEY_LIMIT:
+        raise LedgerError(f"the balance would leave the supported range (below {MONEY_LIMIT})")
     conn.execute(
         update(accounts)
         .where(accounts.c.id == account_id)

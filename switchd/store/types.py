@@ -13,6 +13,9 @@ MONEY_PLACES = 6
 _QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
 _SCALE = 10**MONEY_PLACES
 
+#: Largest absolute amount any column holds (fits SQLite's 64-bit integers).
+MONEY_LIMIT = Decimal(10) ** 12
+
 #: Primary keys of tables that grow without bound (ledger, CDRs, messages).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
