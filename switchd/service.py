@@ -93,10 +93,11 @@ def open_database(config: Config, reactor, *, for_daemon: bool = True) -> Databa
             log.info("migrating the database from {current} to {head}", current=current or "empty", head=head)
             migrate.upgrade(engine)
         else:
+            command = "switchctl db upgrade" if config.source == "<defaults>" else f"switchctl -c {config.source} db upgrade"
             raise StartupError(
                 f"{config.source}: [database] url: the schema is at revision "
                 f"{current or 'none'} but this switchd needs {head}; run "
-                f"'switchctl -c {config.source} db upgrade' first"
+                f"'{command}' first"
             )
     if engine.dialect.name == "sqlite" and engine.url.database:
         # Trunk and upstream passwords are in it: private to the switchd user.

@@ -18,7 +18,7 @@ from switchd.store import migrate
 from switchd.store.db import Database, make_engine, run_synchronously
 
 PG_ADMIN_URL = os.environ.get(
-    "SWITCHD_TEST_POSTGRESQL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    "TEST_SWITCHD_POSTGRESQL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )
 
 

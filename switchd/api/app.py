@@ -40,6 +40,14 @@ JSON = "application/json"
 MAX_ID = 2**63 - 1
 
 
+def header(request: IRequest, name: bytes) -> str | None:
+    """A request header as text; bytes that are not UTF-8 cannot crash us."""
+    values = request.requestHeaders.getRawHeaders(name)
+    if not values:
+        return None
+    return values[-1].decode("latin-1")
+
+
 class ApiMetrics:
     """Request counters and latencies, in the node's registry."""
 
@@ -132,8 +140,7 @@ class ProvisioningAPI:
         return problem.render(request.path.decode("utf-8", "replace"))
 
     async def _authenticate(self, request: IRequest) -> Principal:
-        header = request.getHeader("Authorization") or ""
-        scheme, _, key = header.partition(" ")
+        scheme, _, key = (header(request, b"Authorization") or "").partition(" ")
         challenge = {"WWW-Authenticate": 'Bearer realm="switchd"'}
         if scheme.lower() != "bearer" or not key.strip():
             raise Problem(401, "send an API key as 'Authorization: Bearer <key>'", headers=challenge)
@@ -147,13 +154,13 @@ class ProvisioningAPI:
         return principal
 
     def _body(self, request: IRequest) -> Any:
-        length = request.getHeader("Content-Length")
+        length = header(request, b"Content-Length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             raise Problem(413, f"the body is larger than {self.max_body_bytes} bytes")
         raw = request.content.read(self.max_body_bytes + 1)
         if len(raw) > self.max_body_bytes:
             raise Problem(413, f"the body is larger than {self.max_body_bytes} bytes")
-        ctype = (request.getHeader("Content-Type") or "").split(";")[0].strip().lower()
+        ctype = (header(request, b"Content-Type") or "").split(";")[0].strip().lower()
         if ctype != JSON:
             raise Problem(415, "send the body as application/json")
         try:
@@ -211,9 +218,10 @@ class ProvisioningAPI:
         work: Callable[[Any], tuple[int, dict[str, Any]]],
         body: Any,
         once: tuple[str, ...] = (),
+        resource=None,
     ) -> tuple[int, Any]:
         """Run a create at most once per Idempotency-Key of this API key."""
-        key = request.getHeader("Idempotency-Key")
+        key = header(request, b"Idempotency-Key")
         if key is None:
             return await self.db.run(work)
         if not (1 <= len(key) <= 255) or not all("!" <= c <= "~" for c in key):
@@ -235,11 +243,18 @@ class ProvisioningAPI:
                 return None
             if row.request_hash != digest:
                 raise Problem(
-                    422,
+                    409,
                     "this Idempotency-Key was used for a different request",
                     title="Idempotency-Key reused",
                 )
-            return row.status, json.loads(row.response), True
+            stored = json.loads(row.response)
+            if resource is not None and row.status == 201 and not crud.still_exists(conn, resource, stored.get("id")):
+                raise Problem(
+                    409,
+                    "the object created with this Idempotency-Key has been deleted since",
+                    title="Idempotency-Key reused",
+                )
+            return row.status, stored, True
 
         def once_only(conn):
             previous = replay(conn)
@@ -327,7 +342,7 @@ class ProvisioningAPI:
                 return 201, crud.create(conn, path, principal, dict(values), now)
 
             once = tuple(f.name for f in resource.once_fields)
-            status, result = await self._idempotent(request, principal, work, body, once)
+            status, result = await self._idempotent(request, principal, work, body, once, resource)
             if result.get("id") is not None:
                 request.setHeader("Location", f"{base}/{result['id']}")
             return status, result
@@ -411,6 +426,8 @@ class ProvisioningAPI:
                     reference=values.get("reference"),
                     description=values.get("description"),
                 )
+            except ledger_mod.BalanceRangeError as e:
+                raise Problem(409, str(e)) from None
             except ledger_mod.LedgerError as e:
                 raise invalid([{"field": "amount", "message": str(e)}]) from None
             row = conn.execute(select(ledger).where(ledger.c.id == movement.id)).one()

@@ -6,8 +6,6 @@ connection and return plain dicts ready for JSON, or raise a Problem.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 from typing import Any
 
@@ -23,21 +21,14 @@ from .schema import Field, Resource, render
 
 
 def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
+    """Keyset pagination: the cursor is the last id of the page."""
+    return str(last_id)
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = raw.partition(":")
-        if kind != "id":
-            raise ValueError(kind)
-        last = int(value)
-        if last < 0 or last > 2**63 - 1:
-            raise ValueError(value)
-        return last
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise invalid([{"field": "cursor", "message": "is not a cursor this API returned"}]) from None
+    if not cursor.isdigit() or len(cursor) > 19:
+        raise invalid([{"field": "cursor", "message": "is not a cursor this API returned"}])
+    return min(int(cursor), 2**63 - 1)
 
 
 def scope(resource: Resource, principal: Principal) -> ColumnElement:
@@ -79,6 +70,16 @@ def _load(conn: Connection, resource: Resource, principal: Principal, object_id:
     ).first()
 
 
+def still_exists(conn: Connection, resource: Resource, object_id: Any) -> bool:
+    """Whether the object is still there (deleted objects are not)."""
+    if not isinstance(object_id, int):
+        return False
+    clause = resource.table.c.id == object_id
+    if resource.deleted_column is not None:
+        clause = and_(clause, resource.table.c[resource.deleted_column].is_(None))
+    return conn.execute(select(resource.table.c.id).where(clause)).first() is not None
+
+
 def get(conn: Connection, path: str, principal: Principal, object_id: int) -> dict[str, Any]:
     resource = BY_PATH[path]
     row = _load(conn, resource, principal, object_id)
@@ -103,7 +104,7 @@ def list_(
         query = query.where(table.c[name] == value)
     for clause in extra or ():
         query = query.where(clause)
-    if cursor:
+    if cursor is not None:
         query = query.where(table.c.id > decode_cursor(cursor))
     rows = conn.execute(query.order_by(table.c.id).limit(limit + 1)).all()
     items = [render(resource, row) for row in rows[:limit]]
@@ -130,7 +131,13 @@ def check_references(
         if not found:
             errors.append({"field": f.name, "message": f"no such object in {target.path}"})
     if errors:
-        raise invalid(errors)
+        # The body is well-formed; what it names does not exist (now).
+        raise Problem(
+            409,
+            f"{len(errors)} referenced object{'s' if len(errors) != 1 else ''} not found",
+            title="Referenced object not found",
+            errors=errors,
+        )
 
 
 def _conflict(resource: Resource, error: IntegrityError) -> Problem:
@@ -219,6 +226,8 @@ def remove(
     resource = BY_PATH[path]
     if _load(conn, resource, principal, object_id) is None:
         raise Problem(404, f"no such object in {resource.path}")
+    if resource.on_delete is not None:
+        resource.on_delete(conn, object_id, principal)
     table = resource.table
     try:
         with conn.begin_nested():

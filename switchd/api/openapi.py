@@ -99,7 +99,7 @@ PAGING = [
         "name": "cursor",
         "in": "query",
         "required": False,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"},
+        "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
         "description": "next_cursor of the previous page.",
     },
 ]
@@ -216,7 +216,7 @@ def _transactions() -> dict[str, Any]:
                     "description": "The reference was already booked: the first booking",
                     "content": _json("Transaction"),
                 },
-                **_problem_responses(400, 401, 403, 404, 413, 415, 422),
+                **_problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
             },
         },
     }

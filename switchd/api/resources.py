@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from ..store import models as m
 from .auth import Principal, create_key, new_secret_hash
-from .problem import invalid
+from .problem import Problem, invalid
 from .schema import Field, Resource
 
 # -- field shorthands ---------------------------------------------------------
@@ -56,6 +56,7 @@ def ref(name: str, target: str, doc: str, **kw: Any) -> Field:
     return Field(name, "id", doc, ref=target, **kw)
 
 
+POSITIVE_MONEY = r"^(?=[0-9.]*[1-9])[0-9]{1,12}(\.[0-9]{1,6})?$"
 CURRENCY = dict(pattern="^[A-Z]{3}$", min_length=3)
 HOST = dict(pattern=r"^[A-Za-z0-9.:\[\]_-]{1,253}$")
 PREFIXES = dict(pattern=r"^[0-9A-Za-z]*(;[0-9A-Za-z]+)*$")
@@ -92,21 +93,27 @@ def _api_key_create(
 ) -> dict[str, Any]:
     if not principal.admin:
         values["customer_id"] = principal.customer_id
-        values["admin"] = False
-    if values.get("admin") and values.get("customer_id") is not None:
-        raise invalid([{"field": "customer_id", "message": "an admin key belongs to no customer"}])
-    if not values.get("admin") and values.get("customer_id") is None:
-        raise invalid([{"field": "customer_id", "message": "is required for a customer key"}])
+    customer_id = values.get("customer_id")
     key_id, key = create_key(
         conn,
         now,
-        admin=bool(values.get("admin")),
-        customer_id=values.get("customer_id"),
+        admin=customer_id is None,
+        customer_id=customer_id,
         name=values.get("name"),
     )
     values.clear()
     values["id"] = key_id
     return {"key": key}
+
+
+def _api_key_delete(conn: Connection, key_id: int, principal: Principal) -> None:
+    if key_id == principal.key_id:
+        raise Problem(409, "a key cannot revoke itself; revoke it with another key")
+    admins = conn.execute(
+        select(m.api_keys.c.id).where(m.api_keys.c.admin.is_(True), m.api_keys.c.revoked_at.is_(None))
+    ).scalars().all()
+    if admins == [key_id]:
+        raise Problem(409, "this is the last admin key; create another before revoking it")
 
 
 def _smpp_password(values: dict[str, Any]) -> None:
@@ -189,15 +196,16 @@ TRANSACTIONS = Resource(
         choice(
             "kind",
             m.LEDGER_KINDS,
-            "topup and refund add money; charge and writeoff take it; adjustment "
-            "moves it by a signed amount.",
+            "topup, refund and credit (a manual correction) add money; charge, "
+            "writeoff (periodic fees) and debit (a manual correction) take it.",
             required=True,
         ),
         money(
             "amount",
-            "Positive amount (signed for adjustment). Stored signed: credits positive, debits negative.",
+            "Amount moved, greater than zero; the answer shows it signed (debits negative).",
             default=None,
             required=True,
+            pattern=POSITIVE_MONEY,
         ),
         money("balance_after", "Balance right after this movement.", default=None, readonly=True),
         opt_text(
@@ -473,7 +481,7 @@ HTTP_CONNECTIONS = Resource(
         flag("start_callback", "Send the start-of-processing status."),
         flag("end_callback", "Send the end-of-processing status."),
         choice("transfer_method", ("GET", "POST"), "HTTP method of callbacks.", "POST"),
-        opt_text("url", 2000, "Callback URL.", pattern=r"^https?://[^\s]+$"),
+        opt_text("url", 2000, "Callback URL.", pattern=r"^https?://[^\s\u0000-\u001f\u007f-\u009f]+$"),
         opt_text("username", 200, "Basic auth user for callbacks."),
         opt_text("password", 200, "Basic auth password for callbacks (never returned).", writeonly=True),
         flag("callback_repeat", "Resend a callback that failed."),
@@ -531,13 +539,14 @@ API_KEYS = Resource(
         Field(
             "customer_id",
             "id",
-            "Customer the key acts for (customer keys: always their own).",
+            "Customer the key acts for. Without it (admin callers only) the key is an "
+            "admin key; a customer key always makes keys for its own customer.",
             ref="customers",
             nullable=True,
             immutable=True,
             admin_only=True,
         ),
-        flag("admin", "An admin key sees and changes everything.", admin_only=True, immutable=True),
+        Field("admin", "boolean", "An admin key (no customer) sees and changes everything.", readonly=True),
         Field("prefix", "string", "Public part of the key, to tell keys apart.", readonly=True),
         _created(),
     ),
@@ -548,6 +557,7 @@ API_KEYS = Resource(
     on_create=_api_key_create,
     once_fields=(Field("key", "string", "The key (shown only now)."),),
     deleted_column="revoked_at",
+    on_delete=_api_key_delete,
 )
 
 CDRS = Resource(

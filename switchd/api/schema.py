@@ -71,7 +71,7 @@ class Field:
         elif self.type == "boolean":
             s = {"type": "boolean"}
         elif self.type == "money":
-            s = {"type": "string", "pattern": MONEY_PATTERN}
+            s = {"type": "string", "pattern": self.pattern if for_input and self.pattern else MONEY_PATTERN}
         elif self.type == "datetime":
             s = {"type": "string", "format": "date-time"}
         elif self.type == "object":
@@ -119,6 +119,8 @@ class Resource:
     # fields shown once in the 201 answer (new secrets).
     on_create: Callable[..., dict[str, Any]] | None = None
     on_update: Callable[..., None] | None = None
+    # Hook run before a delete: (conn, object_id, principal) -> None or raise.
+    on_delete: Callable[..., None] | None = None
     once_fields: tuple[Field, ...] = ()  # shown only in the 201 answer
     # Set to the time on DELETE instead of deleting; such rows are invisible.
     deleted_column: str | None = None
@@ -163,6 +165,8 @@ def coerce(f: Field, value: Any) -> tuple[Any, str | None]:
             return None, problem
         return value, None
     if f.type in ("integer", "id"):
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)  # JSON Schema: 2.0 is an integer
         if isinstance(value, bool) or not isinstance(value, int):
             return None, "must be an integer"
         schema = f.json_schema(True)
@@ -176,6 +180,8 @@ def coerce(f: Field, value: Any) -> tuple[Any, str | None]:
     if f.type == "money":
         if not isinstance(value, str) or not _MONEY_RE.match(value):
             return None, "must be a decimal amount in a string, like \"12.50\""
+        if f.pattern is not None and not re.search(f.pattern, value):
+            return None, "must be greater than zero"
         try:
             return to_money(Decimal(value)), None
         except InvalidOperation:  # pragma: no cover - the pattern prevents it

@@ -19,12 +19,17 @@ from sqlalchemy.engine import Connection
 from ..store.models import LEDGER_KINDS, accounts, ledger
 from ..store.types import MONEY_LIMIT, to_money
 
-CREDITS = frozenset({"topup", "refund"})
-DEBITS = frozenset({"charge", "writeoff"})
+#: Each kind moves money one way; the amount given is always positive.
+CREDITS = frozenset({"topup", "refund", "credit"})
+DEBITS = frozenset({"charge", "writeoff", "debit"})
 
 
 class LedgerError(ValueError):
     """A movement that cannot be booked (unknown account, bad amount)."""
+
+
+class BalanceRangeError(LedgerError):
+    """The balance would leave the range the database can hold."""
 
 
 @dataclass(frozen=True)
@@ -41,14 +46,10 @@ class Movement:
 
 
 def signed_amount(kind: str, amount: Decimal) -> Decimal:
-    """Credits are positive, debits negative; adjustment keeps its sign."""
+    """Credits are stored positive, debits negative."""
     if kind not in LEDGER_KINDS:
         raise LedgerError(f"unknown movement kind {kind!r}")
     amount = to_money(amount)
-    if kind == "adjustment":
-        if amount == 0:
-            raise LedgerError("an adjustment must not be zero")
-        return amount
     if amount <= 0:
         raise LedgerError(f"a {kind} amount must be positive")
     return amount if kind in CREDITS else -amount
@@ -97,7 +98,7 @@ def book(
         raise LedgerError(f"no account {account_id}")
     new_balance = to_money(balance + delta)
     if abs(new_balance) >= MONEY_LIMIT:
-        raise LedgerError(f"the balance would leave the supported range (below {MONEY_LIMIT})")
+        raise BalanceRangeError(f"the balance would leave the supported range (below {MONEY_LIMIT})")
     conn.execute(
         update(accounts)
         .where(accounts.c.id == account_id)

@@ -64,6 +64,7 @@ def make_engine(url: str, pool_size: int = 8) -> Engine:
         max_overflow=0,
         pool_pre_ping=True,
         pool_recycle=3600,
+        connect_args={"connect_timeout": 10},
     )
 
 

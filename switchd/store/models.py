@@ -46,7 +46,7 @@ SERVICE_TYPES = (
     "redirection",
 )
 FEE_PERIODS = ("none", "day", "week", "month", "year")
-LEDGER_KINDS = ("topup", "charge", "refund", "writeoff", "adjustment")
+LEDGER_KINDS = ("topup", "refund", "credit", "charge", "writeoff", "debit")
 
 
 def _created() -> Column:

@@ -212,12 +212,12 @@ def test_customer_keys_see_only_their_own_objects(client, admin, world):
     imap = {"server": "imap.a.example", "username": "u", "password": "p"}
     assert client.call("POST", "/v1/connections/imap", {**imap, "service_id": a_service["id"]}, key=a_key).status == 201
     other = client.call("POST", "/v1/connections/imap", {**imap, "service_id": b_service["id"]}, key=a_key)
-    assert other.status == 422 and other.body["errors"][0]["field"] == "service_id"
+    assert other.status == 409 and other.body["errors"][0]["field"] == "service_id"
     # Keys: a customer makes its own, cannot pick the owner, cannot see B's.
     own = client.call("POST", "/v1/api-keys", {"name": "ci"}, key=a_key)
     assert own.status == 201 and own.body["customer_id"] == a["id"] and own.body["admin"] is False
-    assert client.call("POST", "/v1/api-keys", {"customer_id": b["id"]}, key=a_key).status == 422
-    assert client.call("POST", "/v1/api-keys", {"admin": True}, key=a_key).status == 422
+    assert client.call("POST", "/v1/api-keys", {"customer_id": b["id"]}, key=a_key).status == 422  # admin-only
+    assert client.call("POST", "/v1/api-keys", {"customer_id": None}, key=a_key).status == 422
     listed = client.call("GET", "/v1/api-keys", key=a_key).body["items"]
     assert {k["customer_id"] for k in listed} == {a["id"]}
     assert client.call("GET", "/v1/cdrs", key=b_key).body["items"] == []
@@ -272,7 +272,10 @@ def test_validation_lists_every_bad_field(client, admin):
     assert control.body["errors"] == [{"field": "name", "message": "must not contain control characters"}]
     assert client.call("POST", "/v1/customers", [1, 2], key=admin).status == 422
     ref = client.call("POST", "/v1/accounts", {"customer_id": 999, "currency": "EUR"}, key=admin)
+    assert ref.status == 409
     assert ref.body["errors"] == [{"field": "customer_id", "message": "no such object in customers"}]
+    whole = client.call("POST", "/v1/trunks", {"name": "t", "host": "h", "port": 5070.0}, key=admin)
+    assert whole.status == 201 and whole.body["port"] == 5070
 
 
 def test_malformed_requests(client, admin, api):
@@ -309,10 +312,11 @@ def test_idempotency_key_makes_a_retried_create_safe(client, admin, database):
     assert again.header("Idempotent-Replayed") == "true"
     assert database.run_blocking(lambda c: c.execute(select(func.count()).select_from(m.customers)).scalar()) == 1
     other = client.call("POST", "/v1/customers", {"name": "B"}, key=admin, headers=headers)
-    assert other.status == 422 and other.body["title"] == "Idempotency-Key reused"
+    assert other.status == 409 and other.body["title"] == "Idempotency-Key reused"
     # A replayed key creation does not hand out the secret a second time.
-    key_first = client.call("POST", "/v1/api-keys", {"admin": True}, key=admin, headers={"Idempotency-Key": "k"})
-    key_again = client.call("POST", "/v1/api-keys", {"admin": True}, key=admin, headers={"Idempotency-Key": "k"})
+    key_first = client.call("POST", "/v1/api-keys", {}, key=admin, headers={"Idempotency-Key": "k"})
+    key_again = client.call("POST", "/v1/api-keys", {}, key=admin, headers={"Idempotency-Key": "k"})
+    assert key_first.body["admin"] is True
     assert key_first.body["key"].startswith("sk_") and key_again.body["key"] is None
     assert key_first.body["id"] == key_again.body["id"]
 
@@ -342,15 +346,17 @@ def test_money_moves_only_through_the_ledger(client, admin, world):
     assert replay.status == 200 and replay.body == charge.body
     client.call("POST", path, {"kind": "writeoff", "amount": "10", "reference": "service:1:2026-11"}, key=admin)
     client.call("POST", path, {"kind": "refund", "amount": "0.25"}, key=admin)
-    client.call("POST", path, {"kind": "adjustment", "amount": "-0.5"}, key=admin)
+    client.call("POST", path, {"kind": "debit", "amount": "0.5"}, key=admin)
     bad = client.call("POST", path, {"kind": "charge", "amount": "-3"}, key=admin)
-    assert bad.status == 422 and bad.body["errors"][0]["message"] == "a charge amount must be positive"
+    assert bad.status == 422 and bad.body["errors"][0]["message"] == "must be greater than zero"
+    zero = client.call("POST", path, {"kind": "credit", "amount": "0.000"}, key=admin)
+    assert zero.status == 422 and zero.body["errors"][0]["message"] == "must be greater than zero"
     assert client.call("PATCH", f"/v1/accounts/{account['id']}", {"balance": "1000"}, key=admin).status == 422
     balance = Decimal(client.call("GET", f"/v1/accounts/{account['id']}", key=key).body["balance"])
     ledger = client.call("GET", path, key=key).body["items"]
     assert balance == Decimal("90.000000") == sum(Decimal(e["amount"]) for e in ledger)
     assert Decimal(ledger[-1]["balance_after"]) == balance
-    assert [e["kind"] for e in ledger] == ["topup", "charge", "writeoff", "refund", "adjustment"]
+    assert [e["kind"] for e in ledger] == ["topup", "charge", "writeoff", "refund", "debit"]
     assert client.call("POST", "/v1/accounts/999/transactions", {"kind": "topup", "amount": "1"},
                        key=admin).status == 404
 
@@ -394,3 +400,21 @@ def test_health_metrics_and_openapi(client, admin):
     assert document["openapi"] == "3.1.0"
     assert "/v1/accounts/{id}/transactions" in document["paths"]
     assert document["components"]["schemas"]["SmppConnectionCreate"]["properties"]["reception_speed"]["default"] == 50
+
+
+def test_keys_cannot_lock_the_operator_out(client, admin, database):
+    own = client.call("GET", "/v1/api-keys", key=admin).body["items"][0]
+    answer = client.call("DELETE", f"/v1/api-keys/{own['id']}", key=admin)
+    assert answer.status == 409 and "itself" in answer.body["detail"]
+    second = client.call("POST", "/v1/api-keys", {"name": "second admin"}, key=admin).body
+    assert second["admin"] is True
+    # The last admin key cannot go; with two, either may be revoked by the other.
+    assert client.call("DELETE", f"/v1/api-keys/{own['id']}", key=second["key"]).status == 204
+    last = client.call("DELETE", f"/v1/api-keys/{second['id']}", key=second["key"])
+    assert last.status == 409
+
+
+def test_headers_that_are_not_utf8_are_rejected_cleanly(client, admin):
+    answer = client.call("POST", "/v1/customers", {"name": "x"}, key=admin,
+                         headers={"Idempotency-Key": "caf\u00e9"})
+    assert answer.status == 422
