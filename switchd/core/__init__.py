@@ -1,0 +1,1 @@
+"""Protocol-independent heart: events, rate limiting, routing, calls."""
