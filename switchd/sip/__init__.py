@@ -1,0 +1,1 @@
+"""SIP signalling stack: sans-IO message handling and authentication."""
