@@ -191,6 +191,99 @@ class ApiSection:
     )
 
 
+def parse_words(raw: str) -> tuple[str, ...]:
+    """Items separated by commas or whitespace."""
+    return tuple(word for word in raw.replace(",", " ").split() if word)
+
+
+@dataclass(frozen=True)
+class SipSection:
+    """[sip]: SIP transports, timers, registrar, trunks and protection."""
+
+    listen: tuple[str, ...] = setting(
+        "udp:5060 tcp:5060",
+        parse_endpoints,
+        "SIP listeners separated by whitespace: udp:PORT, tcp:PORT and "
+        "tls:PORT:privateKey=KEY.pem:certKey=CERT.pem, each with an optional "
+        ":interface=ADDRESS (IPv6 addresses in brackets or with escaped colons). "
+        "Empty: no SIP.",
+    )
+    advertise: str = setting(
+        "",
+        parse_str,
+        "Host or IP address put in Via and Contact (empty: the listening address, or the "
+        "local address that routes to the peer when listening on all interfaces).",
+    )
+    t1_ms: int = setting("500", parse_int(50, 10000), "RFC 3261 T1: round-trip time estimate.")
+    t2_ms: int = setting("4000", parse_int(100, 60000), "RFC 3261 T2: longest retransmit interval.")
+    t4_ms: int = setting("5000", parse_int(100, 60000), "RFC 3261 T4: longest time a message stays in the network.")
+    udp_mtu: int = setting(
+        "1300",
+        parse_int(500, 65000),
+        "Requests larger than this go over TCP instead of UDP (RFC 3261 18.1.1).",
+    )
+    max_message_bytes: int = setting("65535", parse_int(1024, 1048576), "Largest SIP message accepted.")
+    stream_idle_seconds: int = setting(
+        "300", parse_int(10), "TCP and TLS connections with no traffic for this long are closed."
+    )
+    user_agent: str = setting("switchd", parse_str, "User-Agent and Server header value.")
+    tls_ca_file: str = setting(
+        "",
+        parse_str,
+        "PEM file of CA certificates trusted for outbound TLS (empty: the system's CAs).",
+    )
+    tls_verify: bool = setting(
+        "yes", parse_bool, "Verify the certificate and name of TLS peers (RFC 5922)."
+    )
+    realm: str = setting("switchd", parse_str, "Digest realm of the registrar and of call authentication.")
+    nonce_seconds: int = setting("300", parse_int(10, 86400), "Lifetime of a digest nonce (then stale=true).")
+    digest_algorithms: tuple[str, ...] = setting(
+        "SHA-256 MD5",
+        parse_words,
+        "Digest algorithms offered in challenges, in order (RFC 8760): SHA-256, MD5.",
+    )
+    min_expires: int = setting("60", parse_int(1), "Shortest registration accepted (423 below it).")
+    max_expires: int = setting("3600", parse_int(1), "Longest registration granted.")
+    default_expires: int = setting("3600", parse_int(1), "Registration time when the client names none.")
+    max_contacts: int = setting("10", parse_int(1, 1000), "Contacts per SIP account; the oldest goes first.")
+    nat_keepalive_seconds: int = setting(
+        "30", parse_int(0), "OPTIONS interval to contacts behind NAT (0: off)."
+    )
+    trunk_register_expires: int = setting(
+        "3600", parse_int(60), "Expires asked for when switchd registers to a trunk."
+    )
+    qualify_misses: int = setting(
+        "3", parse_int(1, 100), "Unanswered OPTIONS in a row before a trunk is marked down."
+    )
+    qualify_timeout_ms: int = setting(
+        "2000", parse_int(100, 60000), "How long an OPTIONS to a trunk may take before it counts as missed."
+    )
+    reload_seconds: int = setting(
+        "10", parse_int(1, 3600), "How often trunk and connection settings are re-read from the database."
+    )
+    flood_rate: float = setting(
+        "100", parse_float(0), "Requests per second allowed from one source address (0: no limit)."
+    )
+    flood_burst: float = setting("200", parse_float(1), "Burst allowed above flood_rate.")
+    ban_seconds: int = setting("300", parse_int(1), "How long a flooding or guessing source is ignored.")
+    auth_failures: int = setting(
+        "10", parse_int(1), "Failed digest attempts from one address before it is banned."
+    )
+    auth_failure_window: int = setting(
+        "60", parse_int(1), "Seconds over which auth_failures are counted."
+    )
+    scanner_user_agents: tuple[str, ...] = setting(
+        "friendly-scanner sipvicious sipcli sip-scan VaxSIPUserAgent iWar SIVuS smap pplsip sundayddr",
+        parse_words,
+        "Requests whose User-Agent contains one of these words (case-insensitive) are dropped.",
+    )
+    trusted: tuple[str, ...] = setting(
+        "127.0.0.0/8 ::1/128",
+        parse_words,
+        "Addresses and networks never banned (trunk peers are trusted too).",
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole process configuration."""
@@ -199,6 +292,7 @@ class Config:
     switchd: SwitchdSection = field(default_factory=SwitchdSection)
     database: DatabaseSection = field(default_factory=DatabaseSection)
     api: ApiSection = field(default_factory=ApiSection)
+    sip: SipSection = field(default_factory=SipSection)
 
     @property
     def state_dir(self) -> str:
@@ -322,3 +416,51 @@ def render_sample() -> str:
             default = f.metadata["raw_default"]
             lines.append(f"#{f.name} = {default}" if default else f"#{f.name} =")
     return "\n".join(lines) + "\n"
+
+
+KEYS_BEGIN = ".. keys: generated by 'python -m switchd.config --rst' from switchd/config.py"
+KEYS_END = ".. end of keys"
+
+
+def render_rst_keys() -> str:
+    """The keys section of docs/configuration.rst."""
+    import textwrap
+
+    out = [KEYS_BEGIN, ""]
+    for name, cls in SECTIONS.items():
+        title = f"[{name}]"
+        out += [title, "-" * len(title), "", (cls.__doc__ or "").strip().split(": ", 1)[-1], ""]
+        for f in dataclasses.fields(cls):
+            raw = f.metadata["raw_default"]
+            out.append(f"``{f.name}`` (default: ``{raw}``)" if raw else f"``{f.name}`` (default: empty)")
+            out += textwrap.wrap(f.metadata["doc"], 84, initial_indent="    ", subsequent_indent="    ",
+                                 break_on_hyphens=False)
+            out.append("")
+    out.append(KEYS_END)
+    return "\n".join(out) + "\n"
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m switchd.config --ini | --rst [FILE]``: regenerate the sample or the docs."""
+    if argv[:1] == ["--ini"]:
+        print(render_sample(), end="")
+        return 0
+    if argv[:1] == ["--rst"]:
+        if len(argv) > 1:
+            with open(argv[1], encoding="utf-8") as f:
+                text = f.read()
+            head, _, rest = text.partition(KEYS_BEGIN)
+            _, _, tail = rest.partition(KEYS_END + "\n")
+            with open(argv[1], "w", encoding="utf-8") as f:
+                f.write(head + render_rst_keys() + tail)
+        else:
+            print(render_rst_keys(), end="")
+        return 0
+    print("usage: python -m switchd.config --ini | --rst [docs/configuration.rst]")
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_main(sys.argv[1:]))

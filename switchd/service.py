@@ -18,6 +18,8 @@ from twisted.web.server import Site
 from .api.app import ProvisioningAPI, expire_idempotency_keys
 from .api.auth import create_key
 from .config import Config, ConfigError
+from .core.events import EventBus
+from .core.ratelimit import RateLimiter
 from .store import migrate
 from .store.db import Database, make_engine
 from .store.models import api_keys
@@ -139,6 +141,14 @@ def make_service(config: Config, reactor) -> MultiService:
 
     registry = CollectorRegistry()
     node = config.switchd.node_id or socket.gethostname()
+    bus = EventBus()
+    limiter = RateLimiter(reactor)
+    sip = None
+    if config.sip.listen:
+        from .sip.service import SIPService
+
+        sip = SIPService(config, reactor, db, bus, limiter, registry, state_dir=state_dir, node=node)
+        sip.setServiceParent(top)
     api = ProvisioningAPI(
         db,
         reactor,
@@ -146,6 +156,8 @@ def make_service(config: Config, reactor) -> MultiService:
         page_size=config.api.page_size,
         max_body_bytes=config.api.max_body_bytes,
         auth_cache_seconds=config.api.auth_cache_seconds,
+        sip_realm=config.sip.realm,
+        trunk_status=sip.trunk_status if sip is not None else None,
     )
     site = Site(api.resource())
     site.displayTracebacks = False

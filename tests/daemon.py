@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 LISTENING = re.compile(r"\[(\w+)\] listening on (\S+) \((\w+) (\S+) port (\d+)\)")
+SIP_LISTEN = "udp:0:interface=127.0.0.1 tcp:0:interface=127.0.0.1"
 
 
 class Daemon:
@@ -26,10 +27,13 @@ class Daemon:
             **os.environ,
             "SWITCHD_SWITCHD_STATE_DIR": str(self.state_dir),
             "SWITCHD_API_LISTEN": "tcp:0:interface=127.0.0.1",
+            "SWITCHD_SIP_LISTEN": SIP_LISTEN,
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
         self.ports: dict[str, int] = {}
+        # (section, transport) -> port, e.g. ("sip", "udp") -> 40123
+        self.listeners: dict[tuple[str, str], int] = {}
 
     def command(self) -> list[str]:
         twistd = Path(sys.executable).with_name("twistd")
@@ -48,6 +52,7 @@ class Daemon:
         if self.log.exists():  # a previous run's log: keep it aside
             self.log.replace(self.log.with_suffix(".log.old"))
         self.ports = {}
+        self.listeners = {}
         self.proc = subprocess.Popen(
             self.command(),
             cwd=self.dir,
@@ -62,6 +67,7 @@ class Daemon:
             text = self.log.read_text() if self.log.exists() else ""
             for match in LISTENING.finditer(text):
                 self.ports.setdefault(match.group(1), int(match.group(5)))
+                self.listeners.setdefault((match.group(1), match.group(3).lower()), int(match.group(5)))
             if all(section in self.ports for section in expect):
                 return self
             time.sleep(0.05)
@@ -101,7 +107,7 @@ def run_switchd(args: list[str], env: dict[str, str] | None = None, cwd: Path | 
     twistd = Path(sys.executable).with_name("twistd")
     return subprocess.run(
         [str(twistd), "-n", "--pidfile=", "switchd", *args],
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "SWITCHD_SIP_LISTEN": SIP_LISTEN, **(env or {})},
         cwd=cwd,
         capture_output=True,
         text=True,

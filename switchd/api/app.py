@@ -34,7 +34,7 @@ from .auth import KeyCache, Principal, lookup
 from .openapi import document
 from .problem import PROBLEM_JSON, Problem, invalid
 from .resources import ACCOUNTS, BY_PATH, COLLECTIONS, TRANSACTIONS
-from .schema import coerce, render, validate
+from .schema import WriteContext, coerce, render, validate
 
 JSON = "application/json"
 MAX_ID = 2**63 - 1
@@ -81,7 +81,11 @@ class ProvisioningAPI:
         page_size: int = 100,
         max_body_bytes: int = 1 << 20,
         auth_cache_seconds: float = 5.0,
+        sip_realm: str = "switchd",
+        trunk_status: Callable[[int], dict[str, Any] | None] | None = None,
     ) -> None:
+        self.sip_realm = sip_realm
+        self.trunk_status = trunk_status
         self.db = db
         self.clock = clock
         self.registry = registry
@@ -97,6 +101,9 @@ class ProvisioningAPI:
         return self.app.resource()
 
     # -- plumbing -------------------------------------------------------------
+
+    def _context(self, principal: Principal, now: datetime.datetime) -> WriteContext:
+        return WriteContext(principal=principal, now=now, sip_realm=self.sip_realm)
 
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
@@ -300,6 +307,9 @@ class ProvisioningAPI:
         app.route("/v1/accounts/<string:id>/transactions", methods=["POST"], endpoint="createTransaction")(
             self._handler("/v1/accounts/{id}/transactions", self.create_transaction)
         )
+        app.route("/v1/trunks/<string:id>/status", methods=["GET"], endpoint="trunkStatus")(
+            self._handler("/v1/trunks/{id}/status", self.trunk_status_of)
+        )
         app.route("/health", methods=["GET"], endpoint="health")(self._handler("/health", self.health, auth=False))
         app.route("/metrics", methods=["GET"], endpoint="metrics")(self._handler("/metrics", self.metrics_text, auth=False))
         app.route("/openapi.yaml", methods=["GET"], endpoint="openapi")(
@@ -339,7 +349,7 @@ class ProvisioningAPI:
             now = self.now()
 
             def work(conn):
-                return 201, crud.create(conn, path, principal, dict(values), now)
+                return 201, crud.create(conn, path, self._context(principal, now), dict(values))
 
             once = tuple(f.name for f in resource.once_fields)
             status, result = await self._idempotent(request, principal, work, body, once, resource)
@@ -352,7 +362,8 @@ class ProvisioningAPI:
             body = self._body(request)
             crud.allow_write(resource, principal, "update")
             values = validate(resource, body, creating=False, admin=principal.admin)
-            return 200, await self.db.run(crud.modify, path, principal, object_id, values, self.now())
+            ctx = self._context(principal, self.now())
+            return 200, await self.db.run(crud.modify, path, ctx, object_id, values)
 
         async def remove(request, principal, id):
             object_id = self._object_id(id)
@@ -434,6 +445,14 @@ class ProvisioningAPI:
             return (200 if movement.replayed else 201), render(TRANSACTIONS, row)
 
         return await self._idempotent(request, principal, work, body)
+
+    async def trunk_status_of(self, request, principal, id):
+        trunk_id = self._object_id(id)
+        await self.db.run(crud.get, "trunks", principal, trunk_id)  # 404 / 403 as for the trunk
+        live = self.trunk_status(trunk_id) if self.trunk_status is not None else None
+        if live is None:
+            live = {"trunk_id": trunk_id, "registrations": {}, "qualify": None}
+        return 200, live
 
     # -- operations -----------------------------------------------------------
 

@@ -6,6 +6,7 @@ connection and return plain dicts ready for JSON, or raise a Problem.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from .auth import Principal
 from .problem import Problem, invalid
 from .resources import BY_PATH
-from .schema import Field, Resource, render
+from .schema import Field, Resource, WriteContext, render
 
 
 def encode_cursor(last_id: int) -> str:
@@ -159,20 +160,15 @@ def _stamped(resource: Resource, values: dict[str, Any], now: datetime.datetime,
     return stamped
 
 
-def create(
-    conn: Connection,
-    path: str,
-    principal: Principal,
-    values: dict[str, Any],
-    now: datetime.datetime,
-) -> dict[str, Any]:
+def create(conn: Connection, path: str, ctx: WriteContext, values: dict[str, Any]) -> dict[str, Any]:
     resource = BY_PATH[path]
+    principal, now = ctx.principal, ctx.now
     check_references(conn, resource, principal, values)
     extras: dict[str, Any] = {}
     try:
         with conn.begin_nested():
             if resource.on_create is not None:
-                extras = resource.on_create(conn, values, principal, now)
+                extras = resource.on_create(conn, values, ctx)
             if "id" in values:  # the hook stored the object itself
                 object_id = values["id"]
             else:
@@ -190,19 +186,15 @@ def create(
 
 
 def modify(
-    conn: Connection,
-    path: str,
-    principal: Principal,
-    object_id: int,
-    values: dict[str, Any],
-    now: datetime.datetime,
+    conn: Connection, path: str, ctx: WriteContext, object_id: int, values: dict[str, Any]
 ) -> dict[str, Any]:
     resource = BY_PATH[path]
+    principal, now = ctx.principal, ctx.now
     if _load(conn, resource, principal, object_id) is None:
         raise Problem(404, f"no such object in {resource.path}")
     check_references(conn, resource, principal, values)
     if resource.on_update is not None:
-        resource.on_update(conn, values, principal, now)
+        resource.on_update(conn, values, dataclasses.replace(ctx, object_id=object_id))
     if values:
         try:
             with conn.begin_nested():

@@ -263,6 +263,49 @@ def document() -> dict[str, Any]:
     # Keep the account paths together in the document.
     paths.update(tx_paths)
     schemas.update(tx_schemas)
+    paths["/v1/trunks/{id}/status"] = {
+        "parameters": [ID_PARAM],
+        "get": {
+            "operationId": "getTrunkStatus",
+            "tags": ["trunks"],
+            "summary": "Registration and qualify state of the trunk on this node",
+            "responses": {
+                "200": {"description": "Live state", "content": _json("TrunkStatus")},
+                **_problem_responses(401, 403, 404),
+            },
+        },
+    }
+    schemas["TrunkStatus"] = {
+        "type": "object",
+        "properties": {
+            "trunk_id": {"type": "integer"},
+            "registrations": {
+                "type": "object",
+                "description": "By SIP connection id: switchd's registration to the trunk.",
+                "additionalProperties": {
+                    "type": "object",
+                    "properties": {
+                        "state": {"type": "string", "enum": ["unregistered", "registering", "registered", "failed"]},
+                        "detail": {"type": "string"},
+                        "since": {"type": "number"},
+                        "expires_at": {"type": ["number", "null"]},
+                    },
+                    "required": ["state", "detail", "since", "expires_at"],
+                },
+            },
+            "qualify": {
+                "type": ["object", "null"],
+                "properties": {
+                    "up": {"type": ["boolean", "null"]},
+                    "misses": {"type": "integer"},
+                    "rtt_ms": {"type": ["number", "null"]},
+                    "since": {"type": "number"},
+                },
+                "required": ["up", "misses", "rtt_ms", "since"],
+            },
+        },
+        "required": ["trunk_id", "registrations", "qualify"],
+    }
     paths["/health"] = {
         "get": {
             "operationId": "health",

@@ -9,9 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from ..store import models as m
+from ..sip.digest import compute_ha1
 from .auth import Principal, create_key, new_secret_hash
 from .problem import Problem, invalid
-from .schema import Field, Resource
+from .schema import Field, Resource, WriteContext
 
 # -- field shorthands ---------------------------------------------------------
 
@@ -56,6 +57,8 @@ def ref(name: str, target: str, doc: str, **kw: Any) -> Field:
     return Field(name, "id", doc, ref=target, **kw)
 
 
+# Host names and IPv4 addresses; an IPv6 peer is reached through its name.
+URL_PATTERN = r"^https?://[A-Za-z0-9._~%!$&'()*+,;=-]+(:[0-9]{1,5})?([/?#][^\s\u0000-\u001f\u007f-\u009f]*)?$"
 POSITIVE_MONEY = r"^(?=[0-9.]*[1-9])[0-9]{1,12}(\.[0-9]{1,6})?$"
 CURRENCY = dict(pattern="^[A-Z]{3}$", min_length=3)
 HOST = dict(pattern=r"^[A-Za-z0-9.:\[\]_-]{1,253}$")
@@ -88,9 +91,8 @@ def _customer_of_service(conn: Connection, service_id: int) -> int:
     ).scalar_one()
 
 
-def _api_key_create(
-    conn: Connection, values: dict[str, Any], principal: Principal, now: datetime.datetime
-) -> dict[str, Any]:
+def _api_key_create(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> dict[str, Any]:
+    principal, now = ctx.principal, ctx.now
     if not principal.admin:
         values["customer_id"] = principal.customer_id
     customer_id = values.get("customer_id")
@@ -116,25 +118,49 @@ def _api_key_delete(conn: Connection, key_id: int, principal: Principal) -> None
         raise Problem(409, "this is the last admin key; create another before revoking it")
 
 
+def _sip_password(values: dict[str, Any], realm: str) -> None:
+    password = values.pop("password", None)
+    if password is not None:
+        username = values["username"]
+        values["realm"] = realm
+        values["ha1_md5"] = compute_ha1("MD5", username, realm, password)
+        values["ha1_sha256"] = compute_ha1("SHA-256", username, realm, password)
+
+
+def _sip_account_create(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> dict[str, Any]:
+    _sip_password(values, ctx.sip_realm)
+    return {}
+
+
+def _sip_account_update(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> None:
+    if "password" in values:
+        # The HA1s bind username, realm and password together.
+        values["username"] = conn.execute(
+            select(m.sip_accounts.c.username).where(m.sip_accounts.c.id == ctx.object_id)
+        ).scalar_one()
+        _sip_password(values, ctx.sip_realm)
+        del values["username"]
+
+
 def _smpp_password(values: dict[str, Any]) -> None:
     password = values.pop("password", None)
     if password is not None:
         values["password_salt"], values["password_hash"] = new_secret_hash(password)
 
 
-def _smpp_create(conn, values, principal, now) -> dict[str, Any]:
+def _smpp_create(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> dict[str, Any]:
     _smpp_password(values)
     return {}
 
 
-def _smpp_update(conn, values, principal, now) -> None:
+def _smpp_update(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> None:
     _smpp_password(values)
 
 
-def _http_create(conn, values, principal, now) -> dict[str, Any]:
+def _http_create(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> dict[str, Any]:
     customer_id = _customer_of_service(conn, values["service_id"])
     key_id, key = create_key(
-        conn, now, admin=False, customer_id=customer_id, name="HTTP connection"
+        conn, ctx.now, admin=False, customer_id=customer_id, name="HTTP connection"
     )
     values["api_key_id"] = key_id
     return {"api_key": key}
@@ -481,7 +507,7 @@ HTTP_CONNECTIONS = Resource(
         flag("start_callback", "Send the start-of-processing status."),
         flag("end_callback", "Send the end-of-processing status."),
         choice("transfer_method", ("GET", "POST"), "HTTP method of callbacks.", "POST"),
-        opt_text("url", 2000, "Callback URL.", pattern=r"^https?://[^\s\u0000-\u001f\u007f-\u009f]+$"),
+        opt_text("url", 2000, "Callback URL (http or https).", pattern=URL_PATTERN),
         opt_text("username", 200, "Basic auth user for callbacks."),
         opt_text("password", 200, "Basic auth password for callbacks (never returned).", writeonly=True),
         flag("callback_repeat", "Resend a callback that failed."),
@@ -560,6 +586,77 @@ API_KEYS = Resource(
     on_delete=_api_key_delete,
 )
 
+SIP_ACCOUNTS = Resource(
+    "SipAccount",
+    "sip-accounts",
+    m.sip_accounts,
+    (
+        _id(),
+        ref("service_id", "services", "SIP telephony service the account belongs to.", required=True, immutable=True),
+        text(
+            "username",
+            64,
+            "SIP user name (digest username and AOR user part), unique on the switch.",
+            required=True,
+            immutable=True,
+            pattern=r"^[A-Za-z0-9._+-]{1,64}$",
+        ),
+        Field(
+            "password",
+            "string",
+            "Digest password (never returned; stored as MD5 and SHA-256 HA1 for the realm).",
+            required=True,
+            writeonly=True,
+            column=False,
+            min_length=8,
+            max_length=128,
+            pattern=r"^[!-~]{8,128}$",
+        ),
+        Field("realm", "string", "Digest realm the HA1s were computed for ([sip] realm).", readonly=True),
+        flag("enabled", "Disabled accounts cannot register or call.", True),
+        opt_text("caller_id", 32, "Number presented on calls from this account.", pattern=r"^\+?[0-9]{1,31}$"),
+        _created(),
+        _updated(),
+    ),
+    "SIP accounts of customers' devices: they register to switchd with digest authentication.",
+    owner=_by_service(m.sip_accounts),
+    customer_writes=frozenset({"create", "update", "delete"}),
+    filters=("service_id", "username"),
+    on_create=_sip_account_create,
+    on_update=_sip_account_update,
+)
+
+REGISTRATIONS = Resource(
+    "Registration",
+    "registrations",
+    m.registrations,
+    tuple(
+        Field(name, typ, doc, readonly=True, nullable=nullable)
+        for name, typ, doc, nullable in (
+            ("id", "id", "Identifier.", False),
+            ("sip_account_id", "id", "The registered account.", False),
+            ("contact", "string", "Contact URI.", False),
+            ("expires_at", "datetime", "When the binding lapses unless refreshed.", False),
+            ("source_transport", "string", "Transport the REGISTER came over.", False),
+            ("source_host", "string", "Address the REGISTER came from.", False),
+            ("source_port", "integer", "Port the REGISTER came from.", False),
+            ("behind_nat", "boolean", "The source differs from the Contact: requests go to the source.", False),
+            ("user_agent", "string", "User-Agent of the device.", True),
+            ("node", "string", "switchd node holding the binding.", True),
+            ("created_at", "datetime", "First registration.", False),
+            ("updated_at", "datetime", "Last refresh.", False),
+        )
+    ),
+    "Registrar bindings of SIP accounts (read-only).",
+    owner=lambda cid: m.registrations.c.sip_account_id.in_(
+        select(m.sip_accounts.c.id).where(m.sip_accounts.c.service_id.in_(_services_of(cid)))
+    ),
+    creatable=False,
+    updatable=False,
+    deletable=False,
+    filters=("sip_account_id",),
+)
+
 CDRS = Resource(
     "Cdr",
     "cdrs",
@@ -614,6 +711,8 @@ COLLECTIONS: tuple[Resource, ...] = (
     MEMBERS,
     TRUNKS,
     SMPP_LINKS,
+    SIP_ACCOUNTS,
+    REGISTRATIONS,
     API_KEYS,
     CDRS,
 )

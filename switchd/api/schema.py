@@ -26,6 +26,16 @@ _CONTROL_RE = re.compile(r"[\u0000-\u001f\u007f-\u009f]")
 
 
 @dataclass(frozen=True)
+class WriteContext:
+    """What a create or update hook may need besides the values."""
+
+    principal: Any  # auth.Principal
+    now: datetime.datetime
+    sip_realm: str = "switchd"
+    object_id: int | None = None  # set for updates
+
+
+@dataclass(frozen=True)
 class Field:
     """One attribute of a resource, as the API sees it."""
 
@@ -115,7 +125,7 @@ class Resource:
     deletable: bool = True
     customer_writes: frozenset[str] = frozenset()  # "create", "update", "delete"
     filters: tuple[str, ...] = ()
-    # Hook run in the create transaction: (conn, values, principal, now) ->
+    # Hook run in the create transaction: (conn, values, WriteContext) ->
     # fields shown once in the 201 answer (new secrets).
     on_create: Callable[..., dict[str, Any]] | None = None
     on_update: Callable[..., None] | None = None

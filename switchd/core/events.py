@@ -51,9 +51,9 @@ class ContactRegistered(Event):
 @dataclass(frozen=True)
 class ContactUnregistered(Event):
     account_id: int
-    username: str
+    username: str  # empty when the binding lapsed (only the account id is at hand)
     contact: str
-    reason: str  # expired, removed, unreachable
+    reason: str  # expired, removed, evicted
 
 
 @dataclass(frozen=True)

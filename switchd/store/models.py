@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -416,4 +417,49 @@ idempotency_keys = Table(
     Column("response", Text, nullable=False),
     _created(),
     UniqueConstraint("api_key_id", "key", name="uq_idempotency_keys_api_key_key"),
+)
+
+sip_accounts = Table(
+    "sip_accounts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=False, index=True),
+    Column("username", String(64), nullable=False, unique=True),
+    # Digest is checked against H(username:realm:password) per algorithm
+    # (RFC 8760); the password itself is never stored.
+    Column("realm", String(128), nullable=False),
+    Column("ha1_md5", String(32), nullable=False),
+    Column("ha1_sha256", String(64), nullable=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("caller_id", String(32), nullable=True),
+    _created(),
+    _updated(),
+)
+
+registrations = Table(
+    "registrations",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column(
+        "sip_account_id",
+        Integer,
+        ForeignKey("sip_accounts.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("contact", String(1000), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("call_id", String(255), nullable=False),
+    Column("cseq", BigInteger, nullable=False),
+    # Where the REGISTER came from: behind NAT this differs from the Contact,
+    # and requests for the contact are sent here.
+    Column("source_transport", String(8), nullable=False),
+    Column("source_host", String(64), nullable=False),
+    Column("source_port", Integer, nullable=False),
+    Column("behind_nat", Boolean, nullable=False, default=False),
+    Column("user_agent", String(255), nullable=True),
+    Column("node", String(100), nullable=True),
+    _created(),
+    _updated(),
+    UniqueConstraint("sip_account_id", "contact", name="uq_registrations_account_contact"),
 )

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from switchd.api.openapi import document
+
 from ..daemon import Daemon
 
 SEED = "20261121"
@@ -48,7 +50,10 @@ def test_schemathesis_finds_no_failures(tmp_path, request, backend):
         )
         output = result.stdout + result.stderr
         assert result.returncode == 0, output[-6000:]
-        assert "76/76" in output  # every operation was tested
+        operations = sum(
+            1 for item in document()["paths"].values() for method in item if method in ("get", "post", "patch", "delete")
+        )
+        assert f"Tested: {operations}" in output, output[-3000:]  # every operation was exercised
         assert "Traceback" not in daemon.log.read_text()
     finally:
         daemon.stop()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from switchd.config import SECTIONS, ConfigError, load, render_sample
+from switchd.config import SECTIONS, ConfigError, load, render_rst_keys, render_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def test_environment_wins_over_the_file(tmp_path):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("[sip]\nlisten = udp:5060\n", r"\[sip\]: unknown section; known sections: switchd, database, api"),
+        ("[smpp]\nlisten = tcp:2775\n", r"\[smpp\]: unknown section; known sections: switchd, database, api, sip"),
         ("[api]\nport = 8080\n", r"\[api\] port: unknown key; known keys: listen,"),
         ("[database]\npool_size = many\n", r"\[database\] pool_size: expected an integer, got 'many'"),
         ("[database]\npool_size = 0\n", r"\[database\] pool_size: must be at least 1, got 0"),
@@ -122,6 +122,7 @@ def test_sample_file_loads_to_the_embedded_defaults():
 
 def test_configuration_docs_cover_every_key():
     docs = (ROOT / "docs" / "configuration.rst").read_text()
+    assert render_rst_keys() in docs, "run: python -m switchd.config --rst docs/configuration.rst"
     for section, cls in SECTIONS.items():
         assert f"[{section}]" in docs
         for f in dataclasses.fields(cls):

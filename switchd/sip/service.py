@@ -1,0 +1,351 @@
+"""The SIP service: transports, transactions, protection, registrar, trunks.
+
+Built by ``switchd.service.make_service`` from ``[sip]``; the one place the
+SIP parts are wired together. Requests reach the transaction user here and
+are dispatched by method: OPTIONS to switchd is answered with 200, REGISTER
+goes to the registrar, methods switchd does not serve get 501 with Allow.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from ..config import Config, ConfigError
+from ..core.events import EventBus
+from ..core.ratelimit import RateLimiter
+from .digest import DigestServer
+from .message import (
+    Address,
+    Message,
+    Request,
+    SIPParseError,
+    URI,
+    check_max_forwards,
+    make_response,
+    new_tag,
+    validate_request,
+)
+from .protection import Protection
+from .registrar import Registrar
+from .transaction import Destination, ServerTransaction, TransactionLayer
+from .transport import SIPTransport, parse_listen
+from .trunks import TrunkManager
+
+# Methods switchd serves today; OPTIONS answers list exactly these in Allow.
+SERVED = frozenset({"OPTIONS", "REGISTER", "ACK", "CANCEL"})
+ACCEPT = "application/sdp"
+SUPPORTED = "path, outbound"
+
+
+def nonce_secret(state_dir: str) -> bytes:
+    """The digest nonce key, made once per node and kept in the state dir."""
+    path = os.path.join(state_dir, "sip-nonce-secret")
+    try:
+        with open(path, "rb") as f:
+            secret = bytes.fromhex(f.read().decode().strip())
+        if len(secret) >= 16:
+            return secret
+    except (OSError, ValueError):
+        pass
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret.hex() + "\n")
+    return secret
+
+
+class TraceWriter:
+    """Per-trunk SIP message traces, written by one thread off the reactor."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.pool = ThreadPool(minthreads=1, maxthreads=1, name="switchd-sip-trace")
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        os.makedirs(self.directory, mode=0o750, exist_ok=True)
+        self.pool.start()
+
+    def stop(self) -> None:
+        self.pool.stop()
+
+    def write(self, trunk: str, direction: str, peer: Destination, data: bytes) -> None:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in trunk) or "trunk"
+        path = os.path.join(self.directory, f"{safe}.log")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        arrow = "<-" if direction == "in" else "->"
+        text = f"{stamp} {arrow} {peer.transport}:{peer.host}:{peer.port}\n{data.decode('utf-8', 'replace')}\n\n"
+
+        def append() -> None:
+            with self._lock, open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+
+        self.pool.callInThread(append)
+
+
+class _SipCollector:
+    """Gauges read from live state at scrape time."""
+
+    def __init__(self, service: "SIPService") -> None:
+        self.service = service
+
+    def collect(self):
+        s = self.service
+        stats = s.layer.stats()
+        transactions = GaugeMetricFamily("switchd_sip_transactions", "Live SIP transactions", labels=["kind"])
+        for kind in ("client_invite", "client_non_invite", "server_invite", "server_non_invite"):
+            transactions.add_metric([kind], stats[kind])
+        yield transactions
+        yield GaugeMetricFamily("switchd_sip_registrations", "Registered contacts", value=len(s.registrar))
+        yield GaugeMetricFamily("switchd_sip_banned_sources", "Sources banned now", value=len(s.protection.bans))
+        yield GaugeMetricFamily("switchd_sip_connections", "Open TCP and TLS connections", value=s.transport.connections)
+        up = GaugeMetricFamily("switchd_sip_trunk_up", "Trunk answers OPTIONS (1) or not (0)", labels=["trunk"])
+        for qualify in s.trunks.qualifies.values():
+            if qualify.up is not None:
+                up.add_metric([qualify.settings.name], 1 if qualify.up else 0)
+        yield up
+        registered = GaugeMetricFamily(
+            "switchd_sip_trunk_registered", "switchd is registered to the trunk (1) or not (0)", labels=["trunk", "connection"]
+        )
+        for registration in s.trunks.registrations.values():
+            registered.add_metric(
+                [registration.settings.name, str(registration.settings.connection_id)],
+                1 if registration.state == "registered" else 0,
+            )
+        yield registered
+
+
+class SIPService(Service):
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        reactor,
+        db,
+        bus: EventBus,
+        limiter: RateLimiter,
+        registry: CollectorRegistry,
+        *,
+        state_dir: str,
+        node: str,
+    ) -> None:
+        sip = config.sip
+        self.config = config
+        self.reactor = reactor
+        self.specs = []
+        for description in sip.listen:
+            try:
+                self.specs.append(parse_listen(description))
+            except ValueError as e:
+                raise ConfigError(config.source, str(e), "sip", "listen") from None
+        for name in sip.digest_algorithms:
+            if name not in ("SHA-256", "MD5"):
+                raise ConfigError(config.source, f"unknown algorithm {name!r}; use SHA-256 and/or MD5", "sip", "digest_algorithms")
+        self.messages = Counter("switchd_sip_messages", "SIP messages", ["direction", "kind"], registry=registry)
+        self.events = Counter("switchd_sip_events", "Drops, bans, auth failures, malformed input", ["name", "reason"], registry=registry)
+        self.traces = TraceWriter(os.path.join(state_dir, "sip-trace"))
+        self.trunks: TrunkManager  # set below; the transport asks it about peers
+        self.protection = Protection(
+            reactor,
+            limiter,
+            bus,
+            flood_rate=sip.flood_rate,
+            flood_burst=sip.flood_burst,
+            ban_seconds=sip.ban_seconds,
+            auth_failures=sip.auth_failures,
+            auth_window=sip.auth_failure_window,
+            scanners=sip.scanner_user_agents,
+            trusted=sip.trusted,
+            is_peer=lambda host: self.trunks.identify(host) is not None,
+            count=lambda name, reason: self.events.labels(name, reason).inc(),
+        )
+        self.transport = SIPTransport(
+            reactor,
+            reactor,
+            self._on_message,
+            udp_mtu=sip.udp_mtu,
+            max_message_bytes=sip.max_message_bytes,
+            stream_idle_seconds=sip.stream_idle_seconds,
+            advertise=sip.advertise,
+            tls_ca_file=sip.tls_ca_file,
+            tls_verify=sip.tls_verify,
+            gatekeeper=self.protection,
+            force_rport=lambda host: self.trunks.force_rport(host),
+            trace=self._trace,
+            on_counter=lambda name, label: self.events.labels(name, label).inc(),
+        )
+        self.layer = TransactionLayer(
+            reactor,
+            self.transport.send,
+            self._on_request,
+            self._on_stray,
+            t1=sip.t1_ms / 1000,
+            t2=sip.t2_ms / 1000,
+            t4=sip.t4_ms / 1000,
+            user_agent=sip.user_agent,
+            via_sent_by=lambda d: self.transport.via_host(d.transport, d.host),
+        )
+        self.digest = DigestServer(
+            nonce_secret(state_dir), sip.realm, lifetime=sip.nonce_seconds, algorithms=sip.digest_algorithms
+        )
+        self.registrar = Registrar(
+            db,
+            reactor,
+            self.digest,
+            bus,
+            node=node,
+            min_expires=sip.min_expires,
+            max_expires=sip.max_expires,
+            default_expires=sip.default_expires,
+            max_contacts=sip.max_contacts,
+            on_auth_failure=self.protection.auth_failed,
+            server=sip.user_agent,
+        )
+        self.trunks = TrunkManager(
+            db,
+            reactor,
+            self.layer,
+            bus,
+            contact_address=lambda d: self.transport.via_host(d.transport, d.host),
+            user_agent=sip.user_agent,
+            register_expires=sip.trunk_register_expires,
+            qualify_misses=sip.qualify_misses,
+            qualify_timeout=sip.qualify_timeout_ms / 1000,
+            reload_seconds=sip.reload_seconds,
+        )
+        registry.register(_SipCollector(self))
+        self._loops: list[LoopingCall] = []
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        for spec in self.specs:
+            try:
+                port = self.transport.listen(spec)
+            except (CannotListenError, OSError) as e:
+                error = getattr(e, "socketError", e)
+                reason = getattr(error, "strerror", None) or str(error)
+                message = ConfigError(self.config.source, f"cannot listen on {spec.description}: {reason}", "sip", "listen")
+                os.write(2, f"switchd: {message}\n".encode())
+                raise SystemExit(1) from None
+            address = port.getHost()
+            self.log.info(
+                "[sip] listening on {description} ({type} {host} port {port})",
+                description=spec.description,
+                type=spec.transport.upper(),
+                host=address.host,
+                port=address.port,
+            )
+
+    def startService(self) -> None:
+        super().startService()
+        self.traces.start()
+        self.registrar.start()
+        self.trunks.start()
+        sip = self.config.sip
+        if sip.nat_keepalive_seconds:
+            self._every(sip.nat_keepalive_seconds, self._nat_keepalive)
+        self._every(60, self.protection.prune)
+
+    def _every(self, seconds: float, action) -> None:
+        loop = LoopingCall(action)
+        loop.clock = self.reactor
+        loop.start(seconds, now=False)
+        self._loops.append(loop)
+
+    def stopService(self):
+        super().stopService()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self.trunks.stop()
+        self.registrar.stop()
+        self.traces.stop()
+        # Give unregistrations a moment to leave before the sockets close.
+        from twisted.internet.task import deferLater
+
+        d = deferLater(self.reactor, 0.2, lambda: None)
+        d.addCallback(lambda _: self.transport.stop())
+        return d
+
+    # -- inbound -------------------------------------------------------------------
+
+    def _trace(self, direction: str, data: bytes, peer: Destination) -> None:
+        kind = "request" if data[:4] != b"SIP/" else "response"
+        self.messages.labels(direction, kind).inc()
+        trunk = self.trunks.logging_trunk(peer.host) if self.trunks.settings else None
+        if trunk is not None:
+            self.traces.write(trunk, direction, peer, data)
+
+    def _on_message(self, message: Message, source: Destination) -> None:
+        if isinstance(message, Request) and self.protection.screen(message):
+            return  # scanners get no answer at all
+        self.layer.receive(message, source)
+
+    def _on_request(self, request: Request, tx: ServerTransaction) -> None:
+        try:
+            validate_request(request, supported_methods=SERVED | {"INVITE", "BYE", "INFO", "UPDATE"})
+            if request.method not in SERVED:
+                raise SIPParseError("Not Implemented", 501, message=request, headers=(("Allow", ", ".join(sorted(SERVED))),))
+            if not check_max_forwards(request) and request.method != "OPTIONS":
+                raise SIPParseError("Too Many Hops", 483, message=request)
+        except SIPParseError as error:
+            response = error.response(new_tag())
+            if response is not None:
+                tx.respond(response)
+            return
+        method = request.method
+        if method == "OPTIONS":
+            response = make_response(request, 200, to_tag=new_tag())
+            response.set("Allow", ", ".join(sorted(SERVED)))
+            response.set("Accept", ACCEPT)
+            response.set("Supported", SUPPORTED)
+            response.set("Server", self.config.sip.user_agent)
+            tx.respond(response)
+        elif method == "REGISTER":
+            self.registrar.handle(request, tx.source, tx.respond)
+        elif method == "CANCEL":
+            invite = tx.cancels
+            if invite is None:
+                tx.respond(make_response(request, 481, to_tag=new_tag()))
+                return
+            tx.respond(make_response(request, 200, to_tag=new_tag()))
+            if invite.last_response is None or invite.last_response.status < 200:
+                invite.respond(make_response(invite.request, 487, to_tag=new_tag()))
+        # ACK outside a transaction needs nothing.
+
+    def _on_stray(self, message: Message, source: Destination) -> None:
+        self.log.debug("stray {message!r} from {source}", message=message, source=source)
+
+    def _nat_keepalive(self) -> None:
+        for binding in self.registrar.nat_bindings():
+            uri = Address.parse(binding.contact).uri
+            local = URI("sip", self.transport.via_host(binding.source.transport, binding.source.host)[0], "switchd")
+            request = Request("OPTIONS", uri)
+            request.add("Max-Forwards", "70")
+            request.add("From", Address(local).with_tag(new_tag()))
+            request.add("To", Address(uri))
+            request.add("Call-ID", secrets.token_hex(12))
+            request.add("CSeq", "1 OPTIONS")
+            request.add("User-Agent", self.config.sip.user_agent)
+            try:
+                self.layer.request(request, binding.source, lambda r, tx: None, lambda tx: None)
+            except ValueError:
+                continue
+
+    def trunk_status(self, trunk_id: int) -> dict[str, Any] | None:
+        return self.trunks.status(trunk_id)
