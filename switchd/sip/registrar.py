@@ -168,6 +168,9 @@ class Registrar:
         if to is None or to.uri.user is None:
             respond(make_response(request, 400, "To must name the account (sip:user@domain)"))
             return succeed(None)
+        if request.get("Authorization") is None:
+            self._challenge(request, respond)  # no database work for the first leg
+            return succeed(None)
         username = to.uri.user_unescaped or to.uri.user
         d = self.db.run(self._load_account, username)
         d.addCallback(self._authenticated, request, source, respond)

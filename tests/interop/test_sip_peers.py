@@ -405,3 +405,56 @@ def test_qualify_marks_a_trunk_up_then_down(switchd, tmp_path):
     # "Logging" on the trunk wrote a SIP trace of the OPTIONS exchange.
     trace = (switchd.state_dir / "sip-trace" / "carrier.log").read_text()
     assert "OPTIONS sip:127.0.0.1" in trace and "SIP/2.0 200 OK" in trace
+
+
+@pytest.mark.slow
+def test_ipv6_listeners_answer_with_received_and_rport(tmp_path):
+    daemon = Daemon(tmp_path, env={"SWITCHD_SIP_LISTEN": "udp:0:interface=[::1] tcp:0:interface=[::1]"})
+    daemon.start(expect=("api", "sip"))
+    try:
+        port = daemon.listeners[("sip", "udp")]
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+            sock.settimeout(5)
+            local = sock.getsockname()[1]
+            sock.sendto(
+                (f"OPTIONS sip:[::1]:{port} SIP/2.0\r\nVia: SIP/2.0/UDP [2001:db8::9]:5060;branch=z9hG4bK6;rport\r\n"
+                 "From: <sip:v6@[2001:db8::9]>;tag=6\r\nTo: <sip:switchd@[::1]>\r\nCall-ID: v6\r\nCSeq: 1 OPTIONS\r\n"
+                 "Content-Length: 0\r\n\r\n").encode(),
+                ("::1", port),
+            )
+            reply = parse_datagram(sock.recvfrom(65535)[0])
+        assert reply.status == 200
+        assert reply.top_via.received in ("::1", "[::1]") and reply.top_via.rport == local
+        with socket.create_connection(("::1", daemon.listeners[("sip", "tcp")]), timeout=5) as conn:
+            conn.sendall(b"\r\n\r\n")  # RFC 5626 keep-alive ping over TCP
+            assert conn.recv(10) == b"\r\n"
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.slow
+def test_qualify_over_tcp_reuses_one_connection(switchd, tmp_path):
+    api = start(switchd, SWITCHD_SIP_QUALIFY_TIMEOUT_MS="500")
+    service = api.sip_service()
+    sipp_port = free_port(socket.SOCK_STREAM)
+    peer = subprocess.Popen(
+        ["sipp", "-sf", str(SCENARIOS / "options_responder.xml"), "-i", "127.0.0.1", "-p", str(sipp_port),
+         "-t", "t1", "-nostdin", "-trace_msg"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        t = api.post("/v1/trunks", {"name": "tcp-carrier", "host": "127.0.0.1", "port": sipp_port, "transport": "tcp"})
+        api.post("/v1/connections/sip", {"service_id": service["id"], "trunk_id": t["id"], "auth_type": "ip",
+                                         "qualify_ms": 300})
+        api.wait_for(lambda: (s := api("GET", f"/v1/trunks/{t['id']}/status")[1])["qualify"] and s["qualify"]["up"],
+                     "the TCP trunk to be up")
+        time.sleep(1.2)  # several more OPTIONS
+        text = urllib.request.urlopen(switchd.url + "/metrics", timeout=10).read().decode()
+        assert "switchd_sip_connections 1.0" in text
+    finally:
+        peer.kill()
+        peer.wait()
+    log = "\n".join(p.read_text(errors="replace") for p in tmp_path.glob("*_messages.log"))
+    assert log.count("OPTIONS sip:127.0.0.1") >= 4
