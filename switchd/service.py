@@ -143,6 +143,15 @@ def make_service(config: Config, reactor) -> MultiService:
     node = config.switchd.node_id or socket.gethostname()
     bus = EventBus()
     limiter = RateLimiter(reactor)
+    # Calls a crash left behind get their CDRs before any new call is taken.
+    from .billing.cdr import start_node
+    from .billing.periodic import NodeHeartbeat, PeriodicFees
+
+    reconciled = db.run_blocking(start_node, node, now)
+    if reconciled:
+        log.warn("wrote CDRs for {count} calls left by the previous run of node {node}", count=reconciled, node=node)
+    NodeHeartbeat(db, reactor, node).setServiceParent(top)
+    PeriodicFees(db, reactor).setServiceParent(top)
     sip = None
     if config.sip.listen:
         from .sip.service import SIPService
@@ -158,6 +167,8 @@ def make_service(config: Config, reactor) -> MultiService:
         auth_cache_seconds=config.api.auth_cache_seconds,
         sip_realm=config.sip.realm,
         trunk_status=sip.trunk_status if sip is not None else None,
+        calls=sip.b2bua if sip is not None else None,
+        call_registry=sip.calls if sip is not None else None,
     )
     site = Site(api.resource())
     site.displayTracebacks = False

@@ -83,9 +83,13 @@ class ProvisioningAPI:
         auth_cache_seconds: float = 5.0,
         sip_realm: str = "switchd",
         trunk_status: Callable[[int], dict[str, Any] | None] | None = None,
+        calls: Any = None,
+        call_registry: Any = None,
     ) -> None:
         self.sip_realm = sip_realm
         self.trunk_status = trunk_status
+        self.calls = calls
+        self.call_registry = call_registry
         self.db = db
         self.clock = clock
         self.registry = registry
@@ -310,6 +314,13 @@ class ProvisioningAPI:
         app.route("/v1/trunks/<string:id>/status", methods=["GET"], endpoint="trunkStatus")(
             self._handler("/v1/trunks/{id}/status", self.trunk_status_of)
         )
+        app.route("/v1/calls", methods=["GET"], endpoint="listCall")(self._handler("/v1/calls", self.list_calls))
+        app.route("/v1/calls/<string:id>", methods=["GET"], endpoint="getCall")(
+            self._handler("/v1/calls/{id}", self.get_call)
+        )
+        app.route("/v1/calls/<string:id>", methods=["DELETE"], endpoint="deleteCall")(
+            self._handler("/v1/calls/{id}", self.drop_call)
+        )
         app.route("/health", methods=["GET"], endpoint="health")(self._handler("/health", self.health, auth=False))
         app.route("/metrics", methods=["GET"], endpoint="metrics")(self._handler("/metrics", self.metrics_text, auth=False))
         app.route("/openapi.yaml", methods=["GET"], endpoint="openapi")(
@@ -453,6 +464,57 @@ class ProvisioningAPI:
         if live is None:
             live = {"trunk_id": trunk_id, "registrations": {}, "qualify": None}
         return 200, live
+
+    # -- active calls -------------------------------------------------------------
+
+    async def _visible_accounts(self, principal: Principal) -> set[int] | None:
+        """None for admins (everything), else the caller's account ids."""
+        if principal.admin:
+            return None
+        page = await self.db.run(crud.list_, ACCOUNTS.path, principal, {}, 1000, None)
+        return {a["id"] for a in page["items"]}
+
+    def _calls_now(self) -> list:
+        return self.call_registry.active() if self.call_registry is not None else []
+
+    async def list_calls(self, request, principal):
+        errors, filters = [], {}
+        for name in ("account_id", "trunk_id"):
+            raw = request.args.get(name.encode())
+            if raw:
+                value = raw[-1].decode("utf-8", "replace")
+                if not value.isdigit() or len(value) > 18:
+                    errors.append({"field": name, "message": "must be an integer"})
+                else:
+                    filters[name] = int(value)
+        unknown = [k.decode("utf-8", "replace") for k in request.args if k not in (b"account_id", b"trunk_id")]
+        errors += [{"field": name, "message": "unknown query parameter"} for name in unknown]
+        if errors:
+            raise invalid(errors)
+        visible = await self._visible_accounts(principal)
+        items = [
+            call.summary()
+            for call in self._calls_now()
+            if (visible is None or call.account_id in visible)
+            and all(getattr(call, k) == v for k, v in filters.items())
+        ]
+        return 200, {"items": items, "next_cursor": None}
+
+    async def _find_call(self, principal, call_id: str):
+        visible = await self._visible_accounts(principal)
+        for call in self._calls_now():
+            if call.id == call_id and (visible is None or call.account_id in visible):
+                return call
+        raise Problem(404, "no such active call")
+
+    async def get_call(self, request, principal, id):
+        return 200, (await self._find_call(principal, id)).summary()
+
+    async def drop_call(self, request, principal, id):
+        call = await self._find_call(principal, id)
+        if self.calls is None or not self.calls.hangup(call.id, "api"):
+            raise Problem(404, "no such active call")
+        return 204, None
 
     # -- operations -----------------------------------------------------------
 

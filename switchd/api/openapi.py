@@ -306,6 +306,63 @@ def document() -> dict[str, Any]:
         },
         "required": ["trunk_id", "registrations", "qualify"],
     }
+    call_schema = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"type": "string", "enum": ["trying", "ringing", "answered", "ended"]},
+            "direction": {"type": "string"},
+            "account_id": {"type": ["integer", "null"]},
+            "service_id": {"type": ["integer", "null"]},
+            "trunk_id": {"type": ["integer", "null"]},
+            "caller": {"type": "string"},
+            "callee": {"type": "string"},
+            "start": {"type": "number", "description": "Unix time the INVITE arrived."},
+            "answer": {"type": ["number", "null"]},
+            "max_seconds": {"type": ["integer", "null"], "description": "Cut-off the balance allows."},
+        },
+        "required": ["id", "state", "direction", "account_id", "service_id", "trunk_id", "caller", "callee",
+                     "start", "answer", "max_seconds"],
+    }
+    schemas["Call"] = call_schema
+    call_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"}}
+    paths["/v1/calls"] = {
+        "get": {
+            "operationId": "listCall",
+            "tags": ["calls"],
+            "summary": "Active calls on this node",
+            "parameters": [
+                {"name": "account_id", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**17}},
+                {"name": "trunk_id", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**17}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "Active calls",
+                    "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}},
+                                       "next_cursor": {"type": "null"}},
+                        "required": ["items", "next_cursor"],
+                    }}},
+                },
+                **_problem_responses(401, 422),
+            },
+        }
+    }
+    paths["/v1/calls/{id}"] = {
+        "parameters": [call_id],
+        "get": {
+            "operationId": "getCall",
+            "tags": ["calls"],
+            "responses": {"200": {"description": "The call", "content": _json("Call")}, **_problem_responses(401, 404)},
+        },
+        "delete": {
+            "operationId": "deleteCall",
+            "tags": ["calls"],
+            "summary": "End the call (BYE to both legs, or 480 and CANCEL before answer)",
+            "responses": {"204": {"description": "Ended"}, **_problem_responses(401, 404)},
+        },
+    }
     paths["/health"] = {
         "get": {
             "operationId": "health",

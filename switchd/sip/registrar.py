@@ -39,6 +39,8 @@ class Account:
     realm: str
     ha1: dict[str, str]
     enabled: bool
+    service_id: int = 0
+    caller_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,13 +174,13 @@ class Registrar:
             self._challenge(request, respond)  # no database work for the first leg
             return succeed(None)
         username = to.uri.user_unescaped or to.uri.user
-        d = self.db.run(self._load_account, username)
+        d = self.db.run(self.load_account, username)
         d.addCallback(self._authenticated, request, source, respond)
         d.addErrback(self._failed, request, respond)
         return d
 
     @staticmethod
-    def _load_account(conn: Connection, username: str) -> Account | None:
+    def load_account(conn: Connection, username: str) -> Account | None:
         row = conn.execute(select(sip_accounts).where(sip_accounts.c.username == username)).first()
         if row is None:
             return None
@@ -188,6 +190,8 @@ class Registrar:
             realm=row.realm,
             ha1={"MD5": row.ha1_md5, "SHA-256": row.ha1_sha256},
             enabled=row.enabled,
+            service_id=row.service_id,
+            caller_id=row.caller_id,
         )
 
     def _challenge(self, request: Request, respond: Respond, stale: bool = False) -> None:

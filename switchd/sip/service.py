@@ -22,10 +22,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+import datetime
+
+from ..billing import cdr, rating
 from ..config import Config, ConfigError
+from ..core.calls import Call, CallRegistry
 from ..core.events import EventBus
 from ..core.ratelimit import RateLimiter
-from .digest import DigestServer
+from ..core.router import Router
+from .b2bua import B2BUA, CallRefused, Origin
+from .digest import DigestError, DigestResult, DigestServer, parse_credentials
 from .message import (
     Address,
     Message,
@@ -43,8 +49,9 @@ from .transaction import Destination, ServerTransaction, TransactionLayer
 from .transport import SIPTransport, parse_listen
 from .trunks import TrunkManager
 
-# Methods switchd serves today; OPTIONS answers list exactly these in Allow.
-SERVED = frozenset({"OPTIONS", "REGISTER", "ACK", "CANCEL"})
+# Methods switchd serves; OPTIONS answers list exactly these in Allow.
+SERVED = frozenset({"OPTIONS", "REGISTER", "ACK", "CANCEL", "INVITE", "BYE", "INFO", "UPDATE"})
+IN_DIALOG = frozenset({"BYE", "INFO", "UPDATE"})
 ACCEPT = "application/sdp"
 SUPPORTED = "path, outbound"
 
@@ -226,6 +233,23 @@ class SIPService(Service):
             qualify_timeout=sip.qualify_timeout_ms / 1000,
             reload_seconds=sip.reload_seconds,
         )
+        self.db = db
+        self.node = node
+        self.calls = CallRegistry(bus, reactor)
+        self.router = Router(db, reactor, limiter, self.trunks)
+        self.trunks.on_settings = self.router.configure_limits
+        self.b2bua = B2BUA(
+            reactor,
+            self.layer,
+            self.calls,
+            contact=lambda d: self.transport.via_host(d.transport, d.host),
+            identify=self._identify,
+            authorize=self._authorize,
+            router=self.router,
+            on_answer=self._on_answer,
+            on_end=self._on_end,
+            user_agent=sip.user_agent,
+        )
         registry.register(_SipCollector(self))
         self._loops: list[LoopingCall] = []
 
@@ -298,9 +322,7 @@ class SIPService(Service):
 
     def _on_request(self, request: Request, tx: ServerTransaction) -> None:
         try:
-            validate_request(request, supported_methods=SERVED | {"INVITE", "BYE", "INFO", "UPDATE"})
-            if request.method not in SERVED:
-                raise SIPParseError("Not Implemented", 501, message=request, headers=(("Allow", ", ".join(sorted(SERVED))),))
+            validate_request(request, supported_methods=SERVED)
             if not check_max_forwards(request) and request.method != "OPTIONS":
                 raise SIPParseError("Too Many Hops", 483, message=request)
         except SIPParseError as error:
@@ -318,7 +340,19 @@ class SIPService(Service):
             tx.respond(response)
         elif method == "REGISTER":
             self.registrar.handle(request, tx.source, tx.respond)
+        elif method == "INVITE":
+            to = request.to_addr
+            if to is not None and to.tag:
+                if not self.b2bua.in_dialog(request, tx):
+                    tx.respond(make_response(request, 481))
+            else:
+                self.b2bua.invite(request, tx)
+        elif method in IN_DIALOG:
+            if not self.b2bua.in_dialog(request, tx):
+                tx.respond(make_response(request, 481))
         elif method == "CANCEL":
+            if self.b2bua.cancel(request, tx):
+                return
             invite = tx.cancels
             if invite is None:
                 tx.respond(make_response(request, 481, to_tag=new_tag()))
@@ -329,7 +363,76 @@ class SIPService(Service):
         # ACK outside a transaction needs nothing.
 
     def _on_stray(self, message: Message, source: Destination) -> None:
+        if isinstance(message, Request) and message.method == "ACK" and self.b2bua.ack(message):
+            return
         self.log.debug("stray {message!r} from {source}", message=message, source=source)
+
+    # -- calls: who calls, may they, and their records ---------------------------------
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.reactor.seconds(), datetime.timezone.utc)
+
+    async def _identify(self, request: Request, source: Destination) -> Origin:
+        trunk = self.trunks.identify(source.host)
+        if trunk is not None:
+            return Origin(service_id=trunk.service_id, kind="trunk", trunk_id=trunk.trunk_id)
+        challenge = tuple(
+            ("Proxy-Authenticate", str(c)) for c in self.digest.challenges(self.reactor.seconds())
+        )
+        header = request.get("Proxy-Authorization")
+        if header is None:
+            raise CallRefused(407, "Proxy Authentication Required", challenge)
+        try:
+            credentials = parse_credentials(header)
+        except DigestError:
+            raise CallRefused(400, "Malformed Proxy-Authorization") from None
+        account = await self.db.run(Registrar.load_account, credentials.username)
+        result = DigestResult.FAILED
+        if account is not None and account.enabled and account.realm == self.digest.realm:
+            result = self.digest.verify(
+                credentials, method="INVITE", now=self.reactor.seconds(), ha1=account.ha1, body=request.body
+            )
+        if result is DigestResult.STALE:
+            stale = tuple(
+                ("Proxy-Authenticate", str(c)) for c in self.digest.challenges(self.reactor.seconds(), stale=True)
+            )
+            raise CallRefused(407, "Proxy Authentication Required", stale)
+        if result is not DigestResult.OK:
+            self.protection.auth_failed(source.host)
+            raise CallRefused(407, "Proxy Authentication Required", challenge)
+        return Origin(service_id=account.service_id, kind="device", caller_id=account.caller_id)
+
+    async def _authorize(self, origin: Origin, callee: str):
+        return await self.db.run(rating.authorize_call, origin.service_id, callee, self._now())
+
+    def _record(self, call: Call) -> cdr.CallRecord:
+        def at(seconds: float | None) -> datetime.datetime | None:
+            return None if seconds is None else datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+
+        return cdr.CallRecord(
+            call_id=call.id,
+            account_id=call.account_id,
+            node=self.node,
+            start_time=at(call.start),
+            service_id=call.service_id,
+            trunk_id=call.trunk_id,
+            direction=call.direction,
+            caller=call.caller or None,
+            callee=call.callee or None,
+            answer_time=at(call.answer),
+            end_time=at(call.end),
+            hangup_side=call.hangup_side,
+            sip_code=call.sip_code,
+            reason=call.reason or None,
+            rate=call.rate,
+            currency=call.currency,
+        )
+
+    async def _on_answer(self, call: Call) -> None:
+        await self.db.run(cdr.record_answer, self._record(call), self._now())
+
+    async def _on_end(self, call: Call) -> None:
+        await self.db.run(cdr.finish_call, self._record(call))
 
     def _nat_keepalive(self) -> None:
         for binding in self.registrar.nat_bindings():

@@ -46,6 +46,7 @@ class TrunkSettings:
 
     connection_id: int
     trunk_id: int
+    service_id: int
     name: str
     host: str
     port: int
@@ -59,6 +60,9 @@ class TrunkSettings:
     force_rport: bool
     logging: bool
     qualify_ms: int
+    strip_digits: int = 0
+    add_prefix: str = ""
+    e164: bool = False
 
     @property
     def destination(self) -> Destination:
@@ -83,6 +87,7 @@ def load_settings(conn: Connection) -> list[TrunkSettings]:
         select(
             sip_connections.c.id.label("connection_id"),
             trunks.c.id.label("trunk_id"),
+            sip_connections.c.service_id,
             trunks.c.name,
             trunks.c.host,
             trunks.c.port,
@@ -96,6 +101,9 @@ def load_settings(conn: Connection) -> list[TrunkSettings]:
             sip_connections.c.force_rport,
             sip_connections.c.logging,
             sip_connections.c.qualify_ms,
+            sip_connections.c.strip_digits,
+            sip_connections.c.add_prefix,
+            sip_connections.c.e164,
         )
         .select_from(sip_connections.join(trunks, sip_connections.c.trunk_id == trunks.c.id))
         .where(trunks.c.enabled.is_(True))

@@ -296,6 +296,11 @@ sip_connections = Table(
     Column("filter_caching", Boolean, nullable=False, default=False),
     Column("logging", Boolean, nullable=False, default=False),
     Column("qualify_ms", Integer, nullable=False, default=0),
+    # Number rules for calls sent to the trunk: drop leading digits, then add
+    # a prefix, then optionally present the number in E.164 with '+'.
+    Column("strip_digits", Integer, nullable=False, default=0),
+    Column("add_prefix", String(16), nullable=False, default=""),
+    Column("e164", Boolean, nullable=False, default=False),
     _created(),
     _updated(),
 )
@@ -462,4 +467,37 @@ registrations = Table(
     _created(),
     _updated(),
     UniqueConstraint("sip_account_id", "contact", name="uq_registrations_account_contact"),
+)
+
+active_calls = Table(
+    "active_calls",
+    metadata,
+    # Written when a call is answered and removed with its CDR: what is left
+    # after a crash is turned into CDRs at the next start.
+    Column("call_id", String(200), primary_key=True),
+    Column("node", String(100), nullable=False, index=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=True),
+    Column("trunk_id", Integer, ForeignKey("trunks.id"), nullable=True),
+    Column("direction", String(8), nullable=False, default="outbound"),
+    Column("caller", String(64), nullable=True),
+    Column("callee", String(64), nullable=True),
+    Column("start_time", UTCDateTime(), nullable=False),
+    Column("answer_time", UTCDateTime(), nullable=False),
+    Column("rate", Money(), nullable=True),
+    Column("connection_fee", Money(), nullable=False, default=0),
+    Column("increment_first", Integer, nullable=False, default=60),
+    Column("increment_next", Integer, nullable=False, default=60),
+    Column("currency", String(3), nullable=True),
+    _created(),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    # Each node's heartbeat: after a crash, its calls are taken to have ended
+    # at the last heartbeat, not at the restart.
+    Column("name", String(100), primary_key=True),
+    Column("heartbeat_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
 )

@@ -1,0 +1,526 @@
+"""The B2BUA: every call is two independent SIP legs joined by switchd.
+
+The A leg is the caller's INVITE (from a customer's device, authenticated by
+digest, or from a customer's trunk, recognised by source address); the B
+leg is a new INVITE, with its own Call-ID, tags and CSeq, to the trunk the
+router picked. Provisional responses and SDP pass through; a failure on B
+moves to the next candidate when the router calls it a failover code;
+CANCEL, BYE, re-INVITE, UPDATE and INFO cross from one leg to the other;
+the call is cut when the caller's money runs out.
+
+The B2BUA decides nothing about money or routes: ``authorize``, ``router``,
+``on_answer`` and ``on_end`` do (billing and CDRs); it only drives the legs.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from ..billing.rating import CUTOFF_MARGIN
+from ..core.calls import Call, CallRegistry
+from .dialog import Dialog, DialogId, RequestVerdict
+from .message import URI, Address, Request, Response, make_response, new_tag
+from .transaction import ClientTransaction, Destination, ServerTransaction, TransactionLayer
+
+FORWARDED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO"})
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE"
+COPIED_HEADERS = ("Content-Type", "Content-Disposition", "P-Asserted-Identity", "Privacy", "Session-Expires",
+                  "Min-SE", "Supported", "Require", "Allow")
+
+
+class CallRefused(Exception):
+    """Why a new call cannot proceed: answered to the caller with ``status``."""
+
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+@dataclass
+class Origin:
+    """Who placed the call and which service pays for it."""
+
+    service_id: int
+    kind: str  # "device" or "trunk"
+    trunk_id: int | None = None
+    caller_id: str | None = None
+
+
+@dataclass
+class Leg:
+    side: str  # "a" (caller) or "b" (callee)
+    destination: Destination
+    dialog: Dialog | None = None
+    invite: Request | None = None
+
+
+@dataclass
+class ActiveCall:
+    call: Call
+    a: Leg
+    a_request: Request
+    a_tx: ServerTransaction
+    a_tag: str
+    candidates: list[Any] = field(default_factory=list)
+    refusals: list[Any] = field(default_factory=list)
+    b: Leg | None = None
+    b_tx: ClientTransaction | None = None
+    lease: Any = None
+    timer: IDelayedCall | None = None
+    last_failure: tuple[int, str] | None = None
+    ended: bool = False
+    ok: Response | None = None  # the 2xx sent to A, retransmitted until its ACK
+    retransmit: IDelayedCall | None = None
+    acked: bool = False
+
+    def other(self, leg: Leg) -> Leg | None:
+        return self.b if leg is self.a else self.a
+
+
+class B2BUA:
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        layer: TransactionLayer,
+        registry: CallRegistry,
+        *,
+        contact: Callable[[Destination], tuple[str, int]],
+        identify: Callable[[Request, Destination], Awaitable[Origin] | Origin],
+        authorize: Callable[[Origin, str], Awaitable[Any]],
+        router: Any,
+        on_answer: Callable[[Call], Awaitable[Any]],
+        on_end: Callable[[Call], Awaitable[Any]],
+        user_agent: str = "switchd",
+    ) -> None:
+        self.clock = clock
+        self.layer = layer
+        self.registry = registry
+        self.contact = contact
+        self.identify = identify
+        self.authorize = authorize
+        self.router = router
+        self.on_answer = on_answer
+        self.on_end = on_end
+        self.user_agent = user_agent
+        self._dialogs: dict[DialogId, tuple[ActiveCall, Leg]] = {}
+        self._invites: dict[int, ActiveCall] = {}  # id(server transaction) -> call
+
+    # ==================================================================
+    # entry points from the SIP service
+    # ==================================================================
+
+    def invite(self, request: Request, tx: ServerTransaction) -> Deferred:
+        """A new INVITE (no To tag): start a call."""
+        return ensureDeferred(self._new_call(request, tx))
+
+    def in_dialog(self, request: Request, tx: ServerTransaction) -> bool:
+        """A request with a To tag; False if it belongs to no call of ours."""
+        found = self._dialogs.get(DialogId.of_received_request(request))
+        if found is None:
+            return False
+        active, leg = found
+        verdict = leg.dialog.receive_request(request) if leg.dialog else RequestVerdict.NOT_IN_DIALOG
+        if verdict is not RequestVerdict.ACCEPTED:
+            tx.respond(make_response(request, verdict.status or 500))
+            return True
+        if request.method == "BYE":
+            tx.respond(make_response(request, 200))
+            self._hangup(active, "caller" if leg is active.a else "callee", 200, "BYE", skip=leg)
+        elif request.method in FORWARDED_IN_DIALOG:
+            self._forward(active, leg, request, tx)
+        else:
+            tx.respond(make_response(request, 405, extra_headers=(("Allow", ALLOW),)))
+        return True
+
+    def ack(self, request: Request) -> bool:
+        """An ACK for a 2xx (from the layer's stray path); True if it was ours."""
+        found = self._dialogs.get(DialogId.of_received_request(request))
+        if found is None:
+            return False
+        active, leg = found
+        if leg is active.a:
+            active.acked = True
+            if active.retransmit is not None and active.retransmit.active():
+                active.retransmit.cancel()
+        return True
+
+    def _retransmit_ok(self, active: ActiveCall, interval: float) -> None:
+        """RFC 3261 13.3.1.4: resend the 2xx until the ACK; give up after 64*T1."""
+        if active.ended or active.acked or active.ok is None:
+            return
+        waited = self.clock.seconds() - (active.call.answer or 0)
+        if waited >= 64 * self.layer.t1:
+            self.log.warn("call {call}: no ACK for the 200 OK; ending it", call=active.call.id)
+            self._hangup(active, "switch", None, "no ACK")
+            return
+        try:
+            self.layer.send(active.ok, active.a.destination)
+        except Exception:
+            self.log.failure("call {call}: cannot resend the 200 OK", call=active.call.id)
+        interval = min(2 * interval, self.layer.t2)
+        active.retransmit = self.clock.callLater(interval, self._retransmit_ok, active, interval)
+
+    def cancel(self, request: Request, tx: ServerTransaction) -> bool:
+        """A CANCEL matching an INVITE of one of our calls."""
+        invite_tx = tx.cancels
+        active = self._invites.get(id(invite_tx)) if invite_tx is not None else None
+        if active is None:
+            return False
+        tx.respond(make_response(request, 200, to_tag=active.a_tag))
+        if active.call.state != "answered":
+            self._end_unanswered(active, 487, "Request Terminated", hangup_side="caller")
+        return True
+
+    def hangup(self, call_id: str, reason: str = "api") -> bool:
+        """End a call from outside (API)."""
+        for active, _ in self._dialogs.values():
+            if active.call.id == call_id:
+                self._hangup(active, "switch", None, reason)
+                return True
+        for active in self._invites.values():
+            if active.call.id == call_id:
+                self._end_unanswered(active, 480, "Call ended by operator", hangup_side="switch")
+                return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self._invites) + len({id(a) for a, _ in self._dialogs.values()})
+
+    # ==================================================================
+    # a new call
+    # ==================================================================
+
+    async def _new_call(self, request: Request, tx: ServerTransaction) -> None:
+        tx.respond(make_response(request, 100))
+        try:
+            if self._looped(request):
+                raise CallRefused(482, "Loop Detected")
+            origin = self.identify(request, tx.source)
+            if isinstance(origin, Deferred) or hasattr(origin, "__await__"):
+                origin = await origin
+            if origin is None:
+                return  # identify answered (407 challenge)
+            callee = _digits(request.uri.user or "")
+            if not callee:
+                raise CallRefused(484, "Address Incomplete")
+            caller_address = request.from_addr
+            caller = origin.caller_id or (_digits(caller_address.uri.user or "") if caller_address else "")
+            authorization = await self.authorize(origin, callee)
+            call = Call(caller=caller or "", callee=callee, start=self.clock.seconds())
+            call.account_id = authorization.account_id
+            call.service_id = origin.service_id
+            call.max_seconds = authorization.max_seconds
+            call.rate = authorization.rate
+            call.currency = authorization.currency
+            call.direction = "outbound"
+            candidates = await self.router.route(origin.service_id, callee)
+        except CallRefused as refused:
+            self._refuse(request, tx, refused.status, refused.reason, refused.headers)
+            return
+        except Exception as error:  # authorization refusals carry a SIP status
+            status = getattr(error, "sip_status", None)
+            if status is None:
+                self.log.failure("cannot start a call for {uri}", uri=str(request.uri))
+                self._refuse(request, tx, 500, "Server Internal Error")
+            else:
+                self._refuse(request, tx, status, getattr(error, "reason", "Refused"))
+            return
+        active = ActiveCall(
+            call=call,
+            a=Leg("a", tx.source, invite=request),
+            a_request=request,
+            a_tx=tx,
+            a_tag=new_tag(),
+            candidates=list(candidates),
+        )
+        call.hangup = lambda reason: self.hangup(call.id, reason)
+        self._invites[id(tx)] = active
+        self.registry.add(call)
+        if not candidates:
+            self._end_unanswered(active, 503, "No Route Available", hangup_side="switch")
+            return
+        self._try_next(active)
+
+    def _looped(self, request: Request) -> bool:
+        for via in request.via[1:]:
+            branch = via.branch
+            if branch and self.layer.client_transaction(branch, "INVITE") is not None:
+                return True
+        return False
+
+    def _refuse(self, request: Request, tx: ServerTransaction, status: int, reason: str, headers=()) -> None:
+        response = make_response(request, status, reason, to_tag=new_tag())
+        for name, value in headers:
+            response.add(name, value)
+        tx.respond(response)
+
+    # ==================================================================
+    # the B leg
+    # ==================================================================
+
+    def _try_next(self, active: ActiveCall) -> None:
+        while active.candidates:
+            candidate = active.candidates.pop(0)
+            lease = self.router.acquire(candidate)
+            if not getattr(lease, "release", None):
+                active.refusals.append(lease)
+                continue
+            active.lease = lease
+            self._send_b(active, candidate)
+            return
+        if active.last_failure is not None:
+            status, reason = active.last_failure
+            self._end_unanswered(active, status, reason, hangup_side="callee")
+        elif active.refusals:
+            retry = self.router.retry_after(active.refusals)
+            self._end_unanswered(
+                active, 503, "Service Unavailable", hangup_side="switch", headers=(("Retry-After", str(retry)),)
+            )
+        else:
+            self._end_unanswered(active, 503, "No Route Available", hangup_side="switch")
+
+    def _send_b(self, active: ActiveCall, candidate: Any) -> None:
+        a = active.a_request
+        destination = candidate.destination
+        call = active.call
+        call.trunk_id = candidate.trunk_id
+        call.trunk_name = getattr(candidate, "name", None)
+        local_host, local_port = self.contact(destination)
+        params = () if destination.transport == "udp" else (("transport", destination.transport),)
+        uri = URI("sip", destination.host, candidate.number, None, destination.port, params)
+        request = Request("INVITE", uri)
+        request.add("Max-Forwards", str(max(0, (a.max_forwards if a.max_forwards is not None else 70) - 1)))
+        caller = a.from_addr
+        display = caller.display_name if caller is not None else None
+        request.add("From", Address(URI("sip", local_host, call.caller or "anonymous"), display).with_tag(new_tag()))
+        request.add("To", Address(URI("sip", destination.host, candidate.number)))
+        request.add("Call-ID", secrets.token_hex(16))
+        request.add("CSeq", "1 INVITE")
+        request.add("Contact", Address(URI("sip", local_host, "switchd", None, local_port, params)))
+        for name in COPIED_HEADERS:
+            for value in a.get_all(name):
+                request.add(name, value)
+        request.add("User-Agent", self.user_agent)
+        request.body = a.body
+        active.b = Leg("b", destination, invite=request)
+        active.b_tx = self.layer.request(
+            request,
+            destination,
+            lambda response, tx: self._b_response(active, response),
+            lambda tx: self._b_failed(active, 408, "Request Timeout"),
+            on_transport_error=lambda tx, error: self._b_failed(active, 503, "Service Unavailable"),
+        )
+
+    def _b_response(self, active: ActiveCall, response: Response) -> None:
+        if active.ended:
+            if 200 <= response.status < 300:
+                self._ack_and_bye(active, response)
+            return
+        status = response.status
+        if status < 101:
+            return
+        if status < 200:
+            if active.call.state == "trying":
+                self.registry.set_state(active.call, "ringing")
+            self._relay_to_a(active, response)
+            return
+        if status < 300:
+            if active.call.state == "answered":
+                b = active.b
+                to = response.to_addr
+                if b is not None and b.dialog is not None and to is not None and to.tag == b.dialog.remote_tag:
+                    # Our ACK was lost: the callee retransmits its 200; ACK it again.
+                    self.layer.send_ack(b.dialog.ack_for(b.invite.cseq.number), b.destination)
+                else:
+                    self._ack_and_bye(active, response)  # a 2xx from another fork: not ours to keep
+                return
+            d = ensureDeferred(self._answered(active, response))
+            d.addErrback(lambda f: self.log.failure("call {call}: answer failed", f, call=active.call.id))
+            return
+        self._b_failed(active, status, response.reason)
+
+    def _b_failed(self, active: ActiveCall, status: int, reason: str) -> None:
+        if active.ended or active.call.state == "answered":
+            return
+        self._release(active)
+        active.last_failure = (status, reason)
+        if self.router.is_failover(status) and active.candidates:
+            self.log.info("call {call}: {status} from trunk {trunk}, trying the next", call=active.call.id,
+                          status=status, trunk=active.call.trunk_name)
+            self._try_next(active)
+            return
+        self._end_unanswered(active, status, reason, hangup_side="callee")
+
+    async def _answered(self, active: ActiveCall, response: Response) -> None:
+        call = active.call
+        b = active.b
+        assert b is not None and b.invite is not None
+        b.dialog = Dialog.from_uac(b.invite, response)
+        b.destination = active.b_tx.destination if active.b_tx else b.destination
+        self.layer.send_ack(b.dialog.ack_for(b.invite.cseq.number), b.destination)
+        call.answer = self.clock.seconds()
+        self.registry.set_state(call, "answered")
+        self._invites.pop(id(active.a_tx), None)
+        local = self.contact(active.a.destination)
+        our_contact = URI("sip", local[0], "switchd", None, local[1])
+        a_dialog = Dialog.from_uas(active.a_request, active.a_tag, local_target=our_contact, confirmed=True)
+        active.a.dialog = a_dialog
+        self._dialogs[a_dialog.id] = (active, active.a)
+        self._dialogs[b.dialog.id] = (active, b)
+        try:
+            await self.on_answer(call)
+        except Exception:
+            self.log.failure("call {call}: cannot persist the answer", call=call.id)
+        if active.ended:
+            return
+        ok = self._response_for_a(active.a_request, response, active.a_tag, active.a.destination)
+        active.a_tx.respond(ok)
+        active.ok = ok
+        if not active.a.destination.reliable:
+            active.retransmit = self.clock.callLater(self.layer.t1, self._retransmit_ok, active, self.layer.t1)
+        if call.max_seconds is not None:
+            # Cut a little early: a timer firing late must not start (and bill) one more increment.
+            active.timer = self.clock.callLater(
+                max(0, call.max_seconds - CUTOFF_MARGIN), self._hangup, active, "switch", None,
+                "max duration (balance)",
+            )
+
+    def _ack_and_bye(self, active: ActiveCall, response: Response) -> None:
+        b = active.b
+        if b is None or b.invite is None:
+            return
+        dialog = Dialog.from_uac(b.invite, response)
+        destination = active.b_tx.destination if active.b_tx else b.destination
+        self.layer.send_ack(dialog.ack_for(b.invite.cseq.number), destination)
+        self._send_in_dialog(dialog, "BYE", destination)
+
+    # ==================================================================
+    # relaying
+    # ==================================================================
+
+    def _response_for_a(self, request: Request, response: Response, tag: str, destination: Destination) -> Response:
+        answer = make_response(request, response.status, response.reason, to_tag=tag)
+        local = self.contact(destination)
+        if response.status >= 101 and response.status < 300:
+            answer.add("Contact", Address(URI("sip", local[0], "switchd", None, local[1])))
+        for name in ("Content-Type", "Require", "RSeq", "Session-Expires", "Allow", "Supported"):
+            for value in response.get_all(name):
+                answer.add(name, value)
+        answer.set("Server", self.user_agent)
+        answer.body = response.body
+        return answer
+
+    def _relay_to_a(self, active: ActiveCall, response: Response) -> None:
+        active.a_tx.respond(self._response_for_a(active.a_request, response, active.a_tag, active.a.destination))
+
+    def _forward(self, active: ActiveCall, leg: Leg, request: Request, tx: ServerTransaction) -> None:
+        """re-INVITE, UPDATE or INFO from one leg to the other; the answer comes back."""
+        other = active.other(leg)
+        if other is None or other.dialog is None:
+            tx.respond(make_response(request, 481))
+            return
+        headers = [(name, value) for name in COPIED_HEADERS for value in request.get_all(name)]
+        out = other.dialog.create_request(request.method, headers=headers, body=request.body)
+
+        def answered(response: Response, ctx: ClientTransaction) -> None:
+            if response.status < 101:
+                return
+            if request.method == "INVITE" and 200 <= response.status < 300:
+                self.layer.send_ack(other.dialog.ack_for(out.cseq.number), other.destination)
+            tx.respond(self._response_for_a(request, response, leg.dialog.local_tag, leg.destination))
+
+        self.layer.request(
+            out,
+            other.destination,
+            answered,
+            lambda ctx: tx.respond(make_response(request, 408)),
+            on_transport_error=lambda ctx, error: tx.respond(make_response(request, 503)),
+        )
+
+    def _send_in_dialog(self, dialog: Dialog, method: str, destination: Destination) -> None:
+        try:
+            request = dialog.create_request(method)
+        except ValueError:
+            return
+        self.layer.request(request, destination, lambda r, tx: None, lambda tx: None,
+                           on_transport_error=lambda tx, error: None)
+
+    # ==================================================================
+    # the end
+    # ==================================================================
+
+    def _hangup(self, active: ActiveCall, side: str, status: int | None, reason: str, skip: Leg | None = None) -> None:
+        if active.ended:
+            return
+        for leg in (active.a, active.b):
+            if leg is not None and leg is not skip and leg.dialog is not None:
+                self._send_in_dialog(leg.dialog, "BYE", leg.destination)
+        call = active.call
+        call.hangup_side = side
+        call.sip_code = call.sip_code or 200
+        call.reason = reason
+        self._finish(active)
+
+    def _end_unanswered(self, active: ActiveCall, status: int, reason: str, *, hangup_side: str, headers=()) -> None:
+        if active.ended:
+            return
+        if active.b_tx is not None and active.b_tx.state.value not in ("Terminated", "Completed", "Accepted"):
+            try:
+                active.b_tx.cancel()
+            except Exception:
+                self.log.failure("cannot cancel the B leg of {call}", call=active.call.id)
+        response = make_response(active.a_request, status, reason, to_tag=active.a_tag)
+        for name, value in headers:
+            response.add(name, value)
+        active.a_tx.respond(response)
+        call = active.call
+        call.sip_code = status
+        call.reason = reason
+        call.hangup_side = hangup_side
+        self._finish(active)
+
+    def _release(self, active: ActiveCall) -> None:
+        if active.lease is not None:
+            active.lease.release()
+            active.lease = None
+
+    def _finish(self, active: ActiveCall) -> None:
+        active.ended = True
+        for timer in (active.timer, active.retransmit):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._release(active)
+        self._invites.pop(id(active.a_tx), None)
+        for leg in (active.a, active.b):
+            if leg is not None and leg.dialog is not None:
+                self._dialogs.pop(leg.dialog.id, None)
+                leg.dialog.terminate()
+        call = active.call
+        call.end = self.clock.seconds()
+        self.registry.set_state(call, "ended")
+        d = ensureDeferred(_call(self.on_end, call))
+        d.addErrback(lambda f: self.log.failure("call {call}: the CDR could not be written", f, call=call.id))
+
+
+async def _call(fn, *args):
+    return await fn(*args)
+
+
+def _digits(text: str) -> str:
+    """The dialled number: digits, with a leading '+' kept."""
+    text = text.strip()
+    plus = text.startswith("+")
+    digits = "".join(c for c in text if c.isdigit())
+    return ("+" + digits) if plus and digits else digits
+
+
