@@ -77,6 +77,8 @@ class ActiveCall:
     timer: IDelayedCall | None = None
     last_failure: tuple[int, str] | None = None
     ended: bool = False
+    session_expires: int | None = None  # RFC 4028 interval agreed for the call
+    session_timer: IDelayedCall | None = None
     ok: Response | None = None  # the 2xx sent to A, retransmitted until its ACK
     retransmit: IDelayedCall | None = None
     acked: bool = False
@@ -388,6 +390,7 @@ class B2BUA:
         active.ok = ok
         if not active.a.destination.reliable:
             active.retransmit = self.clock.callLater(self.layer.t1, self._retransmit_ok, active, self.layer.t1)
+        self._start_session_timer(active, response)
         if call.max_seconds is not None:
             # Cut a little early: a timer firing late must not start (and bill) one more increment.
             active.timer = self.clock.callLater(
@@ -437,6 +440,8 @@ class B2BUA:
                 return
             if request.method == "INVITE" and 200 <= response.status < 300:
                 self.layer.send_ack(other.dialog.ack_for(out.cseq.number), other.destination)
+            if request.method in ("INVITE", "UPDATE") and 200 <= response.status < 300:
+                self._start_session_timer(active, response)  # a refresh
             tx.respond(self._response_for_a(request, response, leg.dialog.local_tag, leg.destination))
 
         self.layer.request(
@@ -445,6 +450,25 @@ class B2BUA:
             answered,
             lambda ctx: tx.respond(make_response(request, 408)),
             on_transport_error=lambda ctx, error: tx.respond(make_response(request, 503)),
+        )
+
+    def _start_session_timer(self, active: ActiveCall, response: Response) -> None:
+        """RFC 4028: the endpoints refresh the session; if neither does in time, end it.
+
+        switchd is not the refresher: it passes Session-Expires through and only
+        watches. Without a refresh (re-INVITE or UPDATE answered 2xx) before the
+        interval runs out, the other side is taken to have vanished.
+        """
+        interval = _session_expires(response) or _session_expires(active.a_request)
+        if interval is None:
+            return
+        active.session_expires = interval
+        if active.session_timer is not None and active.session_timer.active():
+            active.session_timer.cancel()
+        # RFC 4028 10: the session ends at the interval minus min(32 s, interval/3).
+        deadline = interval - min(32, interval / 3)
+        active.session_timer = self.clock.callLater(
+            deadline, self._hangup, active, "switch", None, "session timer expired"
         )
 
     def _send_in_dialog(self, dialog: Dialog, method: str, destination: Destination) -> None:
@@ -496,7 +520,7 @@ class B2BUA:
 
     def _finish(self, active: ActiveCall) -> None:
         active.ended = True
-        for timer in (active.timer, active.retransmit):
+        for timer in (active.timer, active.retransmit, active.session_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._release(active)
@@ -514,6 +538,14 @@ class B2BUA:
 
 async def _call(fn, *args):
     return await fn(*args)
+
+
+def _session_expires(message) -> int | None:
+    value = message.get("Session-Expires") if message is not None else None
+    if not value:
+        return None
+    number = value.split(";", 1)[0].strip()
+    return int(number) if number.isdigit() and int(number) >= 90 else None
 
 
 def _digits(text: str) -> str:
