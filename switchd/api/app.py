@@ -483,8 +483,8 @@ class ProvisioningAPI:
             raw = request.args.get(name.encode())
             if raw:
                 value = raw[-1].decode("utf-8", "replace")
-                if not value.isdigit() or len(value) > 18:
-                    errors.append({"field": name, "message": "must be an integer"})
+                if not value.isdigit() or len(value) > 19 or not 1 <= int(value) <= MAX_ID:
+                    errors.append({"field": name, "message": f"must be an integer from 1 to {MAX_ID}"})
                 else:
                     filters[name] = int(value)
         unknown = [k.decode("utf-8", "replace") for k in request.args if k not in (b"account_id", b"trunk_id")]

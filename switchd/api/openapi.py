@@ -45,7 +45,12 @@ def _schemas(resource: Resource) -> dict[str, Any]:
         schemas[f"{name}Create"] = {
             "type": "object",
             "properties": {f.name: f.json_schema(True) for f in writable},
-            "required": [f.name for f in writable if f.required and not f.admin_only],
+            # Admin-only fields cannot be required where customers create too.
+            "required": [
+                f.name
+                for f in writable
+                if f.required and (not f.admin_only or "create" not in resource.customer_writes)
+            ],
             "additionalProperties": False,
         }
         if resource.once_fields:
@@ -332,8 +337,8 @@ def document() -> dict[str, Any]:
             "tags": ["calls"],
             "summary": "Active calls on this node",
             "parameters": [
-                {"name": "account_id", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**17}},
-                {"name": "trunk_id", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**17}},
+                {"name": "account_id", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
+                {"name": "trunk_id", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
             ],
             "responses": {
                 "200": {

@@ -630,6 +630,36 @@ SIP_ACCOUNTS = Resource(
     on_update=_sip_account_update,
 )
 
+NUMBER = dict(pattern=r"^\+?[0-9]{1,31}$")
+
+NUMBERS = Resource(
+    "Number",
+    "numbers",
+    m.numbers,
+    (
+        _id(),
+        text("number", 32, "The number (digits, optionally with a leading '+'), unique on the switch.",
+             required=True, immutable=True, **NUMBER),
+        ref("service_id", "services", "INCOMING or REDIRECTION service that owns and pays for the number.",
+            required=True, admin_only=True),
+        ref("sip_account_id", "sip-accounts",
+            "Ring only this account's devices (null: every SIP account of the service's account).", nullable=True),
+        opt_text("redirect_always", 32, "Send every call to this number instead.", **NUMBER),
+        opt_text("redirect_busy", 32, "Send the call here when every device is busy.", **NUMBER),
+        opt_text("redirect_no_answer", 32, "Send the call here when nobody answers in time.", **NUMBER),
+        opt_text("redirect_unregistered", 32, "Send the call here when no device is registered.", **NUMBER),
+        integer("no_answer_seconds", "How long devices ring before the call counts as unanswered.", 20,
+                minimum=1, maximum=600),
+        _created(),
+        _updated(),
+    ),
+    "The switch's own numbers: calls to them ring the customer's registered devices (INCOMING) "
+    "or go on to pre-set numbers (REDIRECTION).",
+    owner=lambda cid: m.numbers.c.service_id.in_(_services_of(cid)),
+    customer_writes=frozenset({"update"}),
+    filters=("service_id", "number"),
+)
+
 REGISTRATIONS = Resource(
     "Registration",
     "registrations",
@@ -717,6 +747,7 @@ COLLECTIONS: tuple[Resource, ...] = (
     SMPP_LINKS,
     SIP_ACCOUNTS,
     REGISTRATIONS,
+    NUMBERS,
     API_KEYS,
     CDRS,
 )

@@ -60,6 +60,28 @@ class Leg:
     destination: Destination
     dialog: Dialog | None = None
     invite: Request | None = None
+    tx: ClientTransaction | None = None  # the INVITE client transaction of a B leg
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A registered device to ring for an incoming call."""
+
+    uri: URI
+    destination: Destination
+
+
+@dataclass
+class Delivery:
+    """Where a call to one of the switch's own numbers goes (INCOMING, REDIRECTION)."""
+
+    service_id: int
+    contacts: list[Contact]
+    always: str | None = None  # redirect every call to this number
+    busy: str | None = None  # ... when every device is busy
+    no_answer: str | None = None  # ... when nobody answers in time
+    unregistered: str | None = None  # ... when no device is registered
+    no_answer_seconds: int = 20
 
 
 @dataclass
@@ -71,8 +93,11 @@ class ActiveCall:
     a_tag: str
     candidates: list[Any] = field(default_factory=list)
     refusals: list[Any] = field(default_factory=list)
-    b: Leg | None = None
-    b_tx: ClientTransaction | None = None
+    b: Leg | None = None  # the B leg that answered (or the only one tried)
+    forks: list[Leg] = field(default_factory=list)  # B legs still ringing
+    delivery: Delivery | None = None
+    fork_failures: list[int] = field(default_factory=list)
+    no_answer_timer: IDelayedCall | None = None
     lease: Any = None
     timer: IDelayedCall | None = None
     last_failure: tuple[int, str] | None = None
@@ -102,8 +127,10 @@ class B2BUA:
         router: Any,
         on_answer: Callable[[Call], Awaitable[Any]],
         on_end: Callable[[Call], Awaitable[Any]],
+        deliver: Callable[[str], Awaitable[Delivery | None]] | None = None,
         user_agent: str = "switchd",
     ) -> None:
+        self.deliver = deliver
         self.clock = clock
         self.layer = layer
         self.registry = registry
@@ -217,6 +244,10 @@ class B2BUA:
                 raise CallRefused(484, "Address Incomplete")
             caller_address = request.from_addr
             caller = origin.caller_id or (_digits(caller_address.uri.user or "") if caller_address else "")
+            delivery = await self.deliver(callee) if self.deliver is not None else None
+            if delivery is not None:
+                # A call to one of the switch's own numbers: the number's service pays.
+                origin = Origin(service_id=delivery.service_id, kind="number", trunk_id=origin.trunk_id)
             authorization = await self.authorize(origin, callee)
             call = Call(caller=caller or "", callee=callee, start=self.clock.seconds())
             call.account_id = authorization.account_id
@@ -224,8 +255,8 @@ class B2BUA:
             call.max_seconds = authorization.max_seconds
             call.rate = authorization.rate
             call.currency = authorization.currency
-            call.direction = "outbound"
-            candidates = await self.router.route(origin.service_id, callee)
+            call.direction = "inbound" if delivery is not None else "outbound"
+            candidates = [] if delivery is not None else await self.router.route(origin.service_id, callee)
         except CallRefused as refused:
             self._refuse(request, tx, refused.status, refused.reason, refused.headers)
             return
@@ -248,6 +279,9 @@ class B2BUA:
         call.hangup = lambda reason: self.hangup(call.id, reason)
         self._invites[id(tx)] = active
         self.registry.add(call)
+        if delivery is not None:
+            self._deliver(active, delivery)
+            return
         if not candidates:
             self._end_unanswered(active, 503, "No Route Available", hangup_side="switch")
             return
@@ -291,21 +325,17 @@ class B2BUA:
         else:
             self._end_unanswered(active, 503, "No Route Available", hangup_side="switch")
 
-    def _send_b(self, active: ActiveCall, candidate: Any) -> None:
+    def _b_invite(self, active: ActiveCall, uri: URI, to: URI, destination: Destination) -> Request:
         a = active.a_request
-        destination = candidate.destination
         call = active.call
-        call.trunk_id = candidate.trunk_id
-        call.trunk_name = getattr(candidate, "name", None)
         local_host, local_port = self.contact(destination)
         params = () if destination.transport == "udp" else (("transport", destination.transport),)
-        uri = URI("sip", destination.host, candidate.number, None, destination.port, params)
         request = Request("INVITE", uri)
         request.add("Max-Forwards", str(max(0, (a.max_forwards if a.max_forwards is not None else 70) - 1)))
         caller = a.from_addr
         display = caller.display_name if caller is not None else None
         request.add("From", Address(URI("sip", local_host, call.caller or "anonymous"), display).with_tag(new_tag()))
-        request.add("To", Address(URI("sip", destination.host, candidate.number)))
+        request.add("To", Address(to))
         request.add("Call-ID", secrets.token_hex(16))
         request.add("CSeq", "1 INVITE")
         request.add("Contact", Address(URI("sip", local_host, "switchd", None, local_port, params)))
@@ -314,45 +344,143 @@ class B2BUA:
                 request.add(name, value)
         request.add("User-Agent", self.user_agent)
         request.body = a.body
-        active.b = Leg("b", destination, invite=request)
-        active.b_tx = self.layer.request(
+        return request
+
+    def _send_b(self, active: ActiveCall, candidate: Any) -> None:
+        """One attempt on a trunk the router chose."""
+        destination = candidate.destination
+        call = active.call
+        call.trunk_id = candidate.trunk_id
+        call.trunk_name = getattr(candidate, "name", None)
+        params = () if destination.transport == "udp" else (("transport", destination.transport),)
+        uri = URI("sip", destination.host, candidate.number, None, destination.port, params)
+        request = self._b_invite(active, uri, URI("sip", destination.host, candidate.number), destination)
+        self._fork(active, request, destination)
+
+    def _fork(self, active: ActiveCall, request: Request, destination: Destination) -> None:
+        leg = Leg("b", destination, invite=request)
+        active.forks.append(leg)
+        if active.delivery is None:
+            active.b = leg
+        leg.tx = self.layer.request(
             request,
             destination,
-            lambda response, tx: self._b_response(active, response),
-            lambda tx: self._b_failed(active, 408, "Request Timeout"),
-            on_transport_error=lambda tx, error: self._b_failed(active, 503, "Service Unavailable"),
+            lambda response, tx: self._b_response(active, leg, response),
+            lambda tx: self._b_failed(active, leg, 408, "Request Timeout"),
+            on_transport_error=lambda tx, error: self._b_failed(active, leg, 503, "Service Unavailable"),
         )
 
-    def _b_response(self, active: ActiveCall, response: Response) -> None:
-        if active.ended:
-            if 200 <= response.status < 300:
-                self._ack_and_bye(active, response)
+    # -- calls to the switch's own numbers ------------------------------------------
+
+    def _deliver(self, active: ActiveCall, delivery: Delivery) -> None:
+        """Ring the registered devices of an INCOMING number, or redirect it."""
+        active.delivery = delivery
+        if delivery.always:
+            self._redirect(active, delivery.always, "always")
             return
+        if not delivery.contacts:
+            if delivery.unregistered:
+                self._redirect(active, delivery.unregistered, "unregistered")
+            else:
+                self._end_unanswered(active, 480, "Temporarily Unavailable", hangup_side="callee")
+            return
+        callee = URI("sip", self.contact(active.a.destination)[0], active.call.callee)
+        for contact in delivery.contacts:  # all contacts ring; the first answer wins
+            self._fork(active, self._b_invite(active, contact.uri, callee, contact.destination), contact.destination)
+        active.no_answer_timer = self.clock.callLater(delivery.no_answer_seconds, self._no_answer, active)
+
+    def _no_answer(self, active: ActiveCall) -> None:
+        if active.ended or active.call.state == "answered":
+            return
+        self._cancel_forks(active)
+        delivery = active.delivery
+        if delivery is not None and delivery.no_answer:
+            self._redirect(active, delivery.no_answer, "no answer")
+        else:
+            self._end_unanswered(active, 480, "No Answer", hangup_side="callee")
+
+    def _redirect(self, active: ActiveCall, number: str, why: str) -> None:
+        """REDIRECTION: send the call on to a pre-set number through the router."""
+        delivery = active.delivery
+        active.delivery = None  # from here on it is an ordinary routed call
+        active.b = None
+        active.call.reason = f"redirected ({why})"
+        self.log.info("call {call}: redirecting to {number} ({why})", call=active.call.id, number=number, why=why)
+
+        def routed(candidates):
+            if active.ended:
+                return
+            active.candidates = list(candidates)
+            self._try_next(active)
+
+        d = self.router.route(delivery.service_id if delivery else active.call.service_id, _digits(number))
+        d.addCallback(routed)
+        d.addErrback(lambda f: self._end_unanswered(active, 500, "Server Internal Error", hangup_side="switch"))
+
+    def _cancel_forks(self, active: ActiveCall, keep: Leg | None = None) -> None:
+        for leg in list(active.forks):
+            if leg is keep:
+                continue
+            active.forks.remove(leg)
+            tx = leg.tx
+            if tx is not None and tx.state.value not in ("Terminated", "Completed", "Accepted"):
+                try:
+                    tx.cancel()
+                except Exception:
+                    self.log.failure("cannot cancel a B leg of {call}", call=active.call.id)
+
+    # -- answers from B legs ------------------------------------------------------------
+
+    def _b_response(self, active: ActiveCall, leg: Leg, response: Response) -> None:
         status = response.status
+        if active.ended:
+            if 200 <= status < 300:
+                self._ack_and_bye(leg, response)
+            return
         if status < 101:
             return
         if status < 200:
             if active.call.state == "trying":
                 self.registry.set_state(active.call, "ringing")
-            self._relay_to_a(active, response)
+            if leg in active.forks:
+                self._relay_to_a(active, response)
             return
         if status < 300:
             if active.call.state == "answered":
-                b = active.b
                 to = response.to_addr
-                if b is not None and b.dialog is not None and to is not None and to.tag == b.dialog.remote_tag:
+                if leg is active.b and leg.dialog is not None and to is not None and to.tag == leg.dialog.remote_tag:
                     # Our ACK was lost: the callee retransmits its 200; ACK it again.
-                    self.layer.send_ack(b.dialog.ack_for(b.invite.cseq.number), b.destination)
+                    self.layer.send_ack(leg.dialog.ack_for(leg.invite.cseq.number), leg.destination)
                 else:
-                    self._ack_and_bye(active, response)  # a 2xx from another fork: not ours to keep
+                    self._ack_and_bye(leg, response)  # another fork answered too: not ours to keep
                 return
+            active.b = leg
+            self._cancel_forks(active, keep=leg)
+            if active.no_answer_timer is not None and active.no_answer_timer.active():
+                active.no_answer_timer.cancel()
             d = ensureDeferred(self._answered(active, response))
             d.addErrback(lambda f: self.log.failure("call {call}: answer failed", f, call=active.call.id))
             return
-        self._b_failed(active, status, response.reason)
+        self._b_failed(active, leg, status, response.reason)
 
-    def _b_failed(self, active: ActiveCall, status: int, reason: str) -> None:
-        if active.ended or active.call.state == "answered":
+    def _b_failed(self, active: ActiveCall, leg: Leg, status: int, reason: str) -> None:
+        if active.ended or active.call.state == "answered" or leg not in active.forks:
+            return
+        active.forks.remove(leg)
+        if active.delivery is not None:  # ringing devices: wait for the others
+            active.fork_failures.append(status)
+            if active.forks:
+                return
+            if active.no_answer_timer is not None and active.no_answer_timer.active():
+                active.no_answer_timer.cancel()
+            busy = any(code in (486, 600, 603) for code in active.fork_failures)
+            if busy and active.delivery.busy:
+                self._redirect(active, active.delivery.busy, "busy")
+            elif not busy and active.delivery.no_answer:
+                self._redirect(active, active.delivery.no_answer, "no answer")
+            else:
+                self._end_unanswered(active, 486 if busy else status, "Busy Here" if busy else reason,
+                                     hangup_side="callee")
             return
         self._release(active)
         active.last_failure = (status, reason)
@@ -367,8 +495,9 @@ class B2BUA:
         call = active.call
         b = active.b
         assert b is not None and b.invite is not None
+        active.forks.clear()
         b.dialog = Dialog.from_uac(b.invite, response)
-        b.destination = active.b_tx.destination if active.b_tx else b.destination
+        b.destination = b.tx.destination if b.tx else b.destination
         self.layer.send_ack(b.dialog.ack_for(b.invite.cseq.number), b.destination)
         call.answer = self.clock.seconds()
         self.registry.set_state(call, "answered")
@@ -398,13 +527,12 @@ class B2BUA:
                 "max duration (balance)",
             )
 
-    def _ack_and_bye(self, active: ActiveCall, response: Response) -> None:
-        b = active.b
-        if b is None or b.invite is None:
+    def _ack_and_bye(self, leg: Leg, response: Response) -> None:
+        if leg.invite is None:
             return
-        dialog = Dialog.from_uac(b.invite, response)
-        destination = active.b_tx.destination if active.b_tx else b.destination
-        self.layer.send_ack(dialog.ack_for(b.invite.cseq.number), destination)
+        dialog = Dialog.from_uac(leg.invite, response)
+        destination = leg.tx.destination if leg.tx else leg.destination
+        self.layer.send_ack(dialog.ack_for(leg.invite.cseq.number), destination)
         self._send_in_dialog(dialog, "BYE", destination)
 
     # ==================================================================
@@ -492,17 +620,13 @@ class B2BUA:
         call = active.call
         call.hangup_side = side
         call.sip_code = call.sip_code or 200
-        call.reason = reason
+        call.reason = f"{call.reason}; {reason}" if call.reason.startswith("redirected") else reason
         self._finish(active)
 
     def _end_unanswered(self, active: ActiveCall, status: int, reason: str, *, hangup_side: str, headers=()) -> None:
         if active.ended:
             return
-        if active.b_tx is not None and active.b_tx.state.value not in ("Terminated", "Completed", "Accepted"):
-            try:
-                active.b_tx.cancel()
-            except Exception:
-                self.log.failure("cannot cancel the B leg of {call}", call=active.call.id)
+        self._cancel_forks(active)
         response = make_response(active.a_request, status, reason, to_tag=active.a_tag)
         for name, value in headers:
             response.add(name, value)
@@ -520,7 +644,7 @@ class B2BUA:
 
     def _finish(self, active: ActiveCall) -> None:
         active.ended = True
-        for timer in (active.timer, active.retransmit, active.session_timer):
+        for timer in (active.timer, active.retransmit, active.session_timer, active.no_answer_timer):
             if timer is not None and timer.active():
                 timer.cancel()
         self._release(active)

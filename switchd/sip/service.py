@@ -30,7 +30,10 @@ from ..core.calls import Call, CallRegistry
 from ..core.events import EventBus
 from ..core.ratelimit import RateLimiter
 from ..core.router import Router
-from .b2bua import B2BUA, CallRefused, Origin
+from sqlalchemy import select
+
+from ..store.models import numbers, services, sip_accounts
+from .b2bua import B2BUA, CallRefused, Contact, Delivery, Origin
 from .digest import DigestError, DigestResult, DigestServer, parse_credentials
 from .message import (
     Address,
@@ -248,6 +251,7 @@ class SIPService(Service):
             router=self.router,
             on_answer=self._on_answer,
             on_end=self._on_end,
+            deliver=self._delivery,
             user_agent=sip.user_agent,
         )
         registry.register(_SipCollector(self))
@@ -401,6 +405,46 @@ class SIPService(Service):
             self.protection.auth_failed(source.host)
             raise CallRefused(407, "Proxy Authentication Required", challenge)
         return Origin(service_id=account.service_id, kind="device", caller_id=account.caller_id)
+
+    @staticmethod
+    def _load_number(conn, number: str):
+        digits = number.lstrip("+")
+        row = conn.execute(
+            select(numbers).where(numbers.c.number.in_([digits, "+" + digits]))
+        ).first()
+        if row is None:
+            return None
+        if row.sip_account_id is not None:
+            accounts = [row.sip_account_id]
+        else:
+            account_id = select(services.c.account_id).where(services.c.id == row.service_id).scalar_subquery()
+            accounts = conn.execute(
+                select(sip_accounts.c.id)
+                .select_from(sip_accounts.join(services, sip_accounts.c.service_id == services.c.id))
+                .where(services.c.account_id == account_id, sip_accounts.c.enabled.is_(True))
+            ).scalars().all()
+        return row, accounts
+
+    async def _delivery(self, callee: str) -> Delivery | None:
+        """Where a call to one of the switch's own numbers goes, if it is one."""
+        found = await self.db.run(self._load_number, callee)
+        if found is None:
+            return None
+        row, accounts = found
+        contacts = [
+            Contact(uri=Address.parse(binding.contact).uri, destination=binding.source)
+            for account in accounts
+            for binding in self.registrar.contacts(account)
+        ]
+        return Delivery(
+            service_id=row.service_id,
+            contacts=contacts,
+            always=row.redirect_always,
+            busy=row.redirect_busy,
+            no_answer=row.redirect_no_answer,
+            unregistered=row.redirect_unregistered,
+            no_answer_seconds=row.no_answer_seconds,
+        )
 
     async def _authorize(self, origin: Origin, callee: str):
         return await self.db.run(rating.authorize_call, origin.service_id, callee, self._now())

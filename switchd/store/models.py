@@ -501,3 +501,21 @@ nodes = Table(
     Column("heartbeat_at", UTCDateTime(), nullable=False),
     Column("started_at", UTCDateTime(), nullable=False),
 )
+
+numbers = Table(
+    "numbers",
+    metadata,
+    # The switch's own numbers (DIDs): calls to them are delivered to the
+    # customer's registered devices (INCOMING) or sent on (REDIRECTION).
+    Column("id", Integer, primary_key=True),
+    Column("number", String(32), nullable=False, unique=True),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=False, index=True),
+    Column("sip_account_id", Integer, ForeignKey("sip_accounts.id"), nullable=True),
+    Column("redirect_always", String(32), nullable=True),
+    Column("redirect_busy", String(32), nullable=True),
+    Column("redirect_no_answer", String(32), nullable=True),
+    Column("redirect_unregistered", String(32), nullable=True),
+    Column("no_answer_seconds", Integer, nullable=False, default=20),
+    _created(),
+    _updated(),
+)

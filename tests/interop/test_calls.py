@@ -264,3 +264,68 @@ def test_answered_calls_survive_a_crash_with_exactly_one_cdr(network, tmp_path):
     finally:
         caller.kill()
         caller.wait()
+
+
+def register_device(daemon: Daemon, user: str, password: str, host: str, port: int) -> None:
+    """Register a device's contact (host:port) with digest, from that very address."""
+    import socket
+
+    from switchd.sip.digest import DigestClient, select_challenge
+    from switchd.sip.message import parse_datagram
+
+    sip_port = daemon.listeners[("sip", "udp")]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, port))
+        sock.settimeout(5)
+
+        def send(cseq: int, authorization: str = "") -> object:
+            auth = f"Authorization: {authorization}\r\n" if authorization else ""
+            sock.sendto(
+                (f"REGISTER sip:127.0.0.1:{sip_port} SIP/2.0\r\nVia: SIP/2.0/UDP {host}:{port};branch=z9hG4bKr{cseq};rport\r\n"
+                 f"From: <sip:{user}@switchd.test>;tag=r\r\nTo: <sip:{user}@switchd.test>\r\nCall-ID: reg-{user}\r\n"
+                 f"CSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{host}:{port}>\r\nExpires: 300\r\n{auth}"
+                 "Content-Length: 0\r\n\r\n").encode(),
+                ("127.0.0.1", sip_port),
+            )
+            return parse_datagram(sock.recvfrom(65535)[0])
+
+        challenge = send(1)
+        credentials = DigestClient(user, password).authorize(
+            select_challenge(challenge.get_all("WWW-Authenticate")), method="REGISTER", uri=f"sip:127.0.0.1:{sip_port}"
+        )
+        assert send(2, str(credentials)).status == 200
+
+
+@pytest.mark.slow
+def test_incoming_number_rings_the_registered_device_and_redirects_when_unregistered(network, tmp_path):
+    api = network.api
+    network.topup("10")
+    zero = api.post("/v1/tariff-plans", {"name": "Zero cost (Call)", "currency": "EUR"})
+    api.post("/v1/rates", {"tariff_plan_id": zero["id"], "prefix": ""})
+    incoming = api.post("/v1/services", {"account_id": network.account["id"], "type": "incoming",
+                                         "tariff_plan_id": zero["id"], "routing_group_id": network.group["id"]})
+    device = api.post("/v1/sip-accounts", {"service_id": network.service["id"], "username": "desk",
+                                           "password": "desk-secret-1"})
+    api.post("/v1/numbers", {"number": "4420799900", "service_id": incoming["id"], "sip_account_id": device["id"]})
+    # A second number whose device never registered: its calls go on to the vendor.
+    other = api.post("/v1/sip-accounts", {"service_id": network.service["id"], "username": "away",
+                                          "password": "away-secret-1"})
+    api.post("/v1/numbers", {"number": "4420799901", "service_id": incoming["id"], "sip_account_id": other["id"],
+                             "redirect_unregistered": "4420712345"})
+    vendor = network.vendor("vendor-a", "127.0.0.3", "uas_answer.xml")
+    device_port = free_port()
+    register_device(network.daemon, "desk", "desk-secret-1", "127.0.0.5", device_port)
+    network.peers.append(subprocess.Popen(
+        ["sipp", "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.5", "-p", str(device_port), "-nostdin"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    ))
+    network.settle()
+    result = network.call("uac_call.xml", calls=2, rate=2, number="4420799900")
+    assert result.returncode == 0, result.stdout[-2000:] + errors(tmp_path)
+    delivered = network.wait_cdrs(2)
+    assert {(c["direction"], c["service_id"], c["trunk_id"], c["charge"]) for c in delivered} == {
+        ("inbound", incoming["id"], None, "0.000000")}
+    result = network.call("uac_call.xml", calls=1, rate=1, number="4420799901")
+    assert result.returncode == 0, result.stdout[-2000:] + errors(tmp_path)
+    redirected = [c for c in network.wait_cdrs(3) if c["callee"] == "4420799901"]
+    assert [(c["trunk_id"], c["reason"]) for c in redirected] == [(vendor["id"], "redirected (unregistered); BYE")]

@@ -271,3 +271,61 @@ def test_a_loop_is_refused():
     )
     h.layer.receive(parse_datagram(looped.encode()), B)
     assert h.take(B, "SIP/2.0 482")
+
+
+def delivery_harness(**redirects):
+    from switchd.sip.b2bua import Contact, Delivery
+    from switchd.sip.message import URI
+
+    desk = Destination("udp", "10.0.0.21", 5060)
+    phone = Destination("udp", "10.0.0.22", 5062)
+    h = Harness()
+
+    async def deliver(callee):
+        return Delivery(service_id=9, contacts=[Contact(URI("sip", "10.0.0.21", "desk", None, 5060), desk),
+                                               Contact(URI("sip", "10.0.0.22", "phone", None, 5062), phone)],
+                        no_answer_seconds=15, **redirects)
+
+    h.b2bua.deliver = deliver
+    return h, desk, phone
+
+
+def answer_fork(h, where, status, reason, tag):
+    [invite] = h.take(where, "INVITE")
+    lines = [f"SIP/2.0 {status} {reason}"] + [f"Via: {v}" for v in invite.get_all("Via")] + [
+        f"From: {invite.get('From')}", f"To: {invite.get('To')};tag={tag}", f"Call-ID: {invite.call_id}",
+        f"CSeq: {invite.get('CSeq')}", f"Contact: <sip:x@{where.host}:{where.port}>"]
+    h.receive("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n", where)
+
+
+def test_incoming_rings_every_device_and_the_first_answer_wins():
+    h, desk, phone = delivery_harness()
+    h.receive(INVITE.format(extra=""), A)
+    assert h.take(desk, "INVITE") and h.take(phone, "INVITE") and not h.take(B, "INVITE")
+    answer_fork(h, phone, 180, "Ringing", "p")
+    answer_fork(h, desk, 200, "OK", "d")
+    assert h.take(A, "SIP/2.0 200") and h.take(phone, "CANCEL")
+    assert h.ended == [] and h.answered[0].direction == "inbound" and h.answered[0].service_id == 9
+
+
+def test_incoming_busy_everywhere_is_redirected():
+    h, desk, phone = delivery_harness(busy="4420712345")
+    h.receive(INVITE.format(extra=""), A)
+    answer_fork(h, desk, 486, "Busy Here", "d")
+    assert not h.take(B, "INVITE")  # the other device still rings
+    answer_fork(h, phone, 486, "Busy Here", "p")
+    [out] = h.take(B, "INVITE")
+    assert out.uri.user == "4420712345"
+
+
+def test_incoming_no_answer_is_redirected_or_480():
+    h, desk, phone = delivery_harness(no_answer="4420712345")
+    h.receive(INVITE.format(extra=""), A)
+    answer_fork(h, desk, 180, "Ringing", "d")
+    answer_fork(h, phone, 180, "Ringing", "p")  # CANCEL needs a provisional first (RFC 3261 9.1)
+    h.clock.advance(15)
+    assert h.take(desk, "CANCEL") and h.take(phone, "CANCEL") and h.take(B, "INVITE")
+    h2, _, _ = delivery_harness()
+    h2.receive(INVITE.format(extra=""), A)
+    h2.clock.advance(15)
+    assert h2.take(A, "SIP/2.0 480") and h2.ended[0].hangup_side == "callee"
