@@ -69,6 +69,8 @@ class Authorization:
     currency: str
     rate: Rate
     max_seconds: int | None  # None: not limited by money (postpaid, free rate)
+    call_limit: int = 0  # the account's limits (0: none)
+    cps_limit: int = 0
 
 
 class Refusal(Exception):
@@ -209,6 +211,8 @@ def authorize_call(
             accounts.c.currency,
             accounts.c.balance,
             accounts.c.credit_limit,
+            accounts.c.call_limit,
+            accounts.c.cps_limit,
             customers.c.status.label("customer_status"),
         )
         .join(accounts, accounts.c.id == services.c.account_id)
@@ -256,4 +260,6 @@ def authorize_call(
         currency=row.currency,
         rate=rate,
         max_seconds=max_seconds,
+        call_limit=row.call_limit,
+        cps_limit=row.cps_limit,
     )

@@ -405,6 +405,7 @@ class Router:
         self.rng: RandomSource = rng if rng is not None else secrets.SystemRandom()
         #: trunk_id -> (calls per second, simultaneous calls) as last configured.
         self.limits: dict[int, tuple[int, int]] = {}
+        self._account_cps: dict[int, int] = {}
         self._cache: dict[int, _Cached] = {}
         self._loading: dict[int, list[Deferred]] = {}
         self._next_sweep = 0.0
@@ -538,15 +539,24 @@ class Router:
             return Refused("trunk-cps", decision.retry_after)
         return Lease("trunk-calls", candidate.trunk_id, gate)
 
-    def acquire_account(self, account_id: int, call_limit: int) -> Lease | Refused:
-        """A slot for one call of a customer's account (``call_limit`` 0: no limit).
+    def acquire_account(self, account_id: int, call_limit: int, cps_limit: int = 0) -> Lease | Refused:
+        """A slot for one call of a customer's account (limits 0: none).
 
         Taken once per call, before the first candidate, and released when
-        the call ends; the limit given updates the account's gate.
+        the call ends; the limits given update the account's gate and bucket,
+        so a change made through the API applies to the next call.
         """
         gate = self.limiter.gate("customer-calls", account_id, call_limit)
         if not gate.acquire():
-            return Refused("customer-calls")
+            return Refused("customer-calls", 1.0)
+        if cps_limit:
+            if self._account_cps.get(account_id) != cps_limit:
+                self.limiter.configure("customer-cps", account_id, rate=cps_limit, burst=cps_limit)
+                self._account_cps[account_id] = cps_limit
+            decision = self.limiter.allow("customer-cps", account_id)
+            if not decision.allowed:
+                gate.release()
+                return Refused("customer-cps", decision.retry_after)
         return Lease("customer-calls", account_id, gate)
 
     # -- answers ---------------------------------------------------------------------

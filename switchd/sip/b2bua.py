@@ -99,6 +99,7 @@ class ActiveCall:
     fork_failures: list[int] = field(default_factory=list)
     no_answer_timer: IDelayedCall | None = None
     lease: Any = None
+    account_lease: Any = None  # the customer's call-limit slot, held for the whole call
     timer: IDelayedCall | None = None
     last_failure: tuple[int, str] | None = None
     ended: bool = False
@@ -249,6 +250,12 @@ class B2BUA:
                 # A call to one of the switch's own numbers: the number's service pays.
                 origin = Origin(service_id=delivery.service_id, kind="number", trunk_id=origin.trunk_id)
             authorization = await self.authorize(origin, callee)
+            account_lease = self.router.acquire_account(
+                authorization.account_id, getattr(authorization, "call_limit", 0), getattr(authorization, "cps_limit", 0)
+            )
+            if not getattr(account_lease, "release", None):
+                retry = self.router.retry_after([account_lease])
+                raise CallRefused(503, "Service Unavailable", (("Retry-After", str(retry)),))
             call = Call(caller=caller or "", callee=callee, start=self.clock.seconds())
             call.account_id = authorization.account_id
             call.service_id = origin.service_id
@@ -256,7 +263,11 @@ class B2BUA:
             call.rate = authorization.rate
             call.currency = authorization.currency
             call.direction = "inbound" if delivery is not None else "outbound"
-            candidates = [] if delivery is not None else await self.router.route(origin.service_id, callee)
+            try:
+                candidates = [] if delivery is not None else await self.router.route(origin.service_id, callee)
+            except BaseException:
+                account_lease.release()
+                raise
         except CallRefused as refused:
             self._refuse(request, tx, refused.status, refused.reason, refused.headers)
             return
@@ -275,6 +286,7 @@ class B2BUA:
             a_tx=tx,
             a_tag=new_tag(),
             candidates=list(candidates),
+            account_lease=account_lease,
         )
         call.hangup = lambda reason: self.hangup(call.id, reason)
         self._invites[id(tx)] = active
@@ -648,6 +660,9 @@ class B2BUA:
             if timer is not None and timer.active():
                 timer.cancel()
         self._release(active)
+        if active.account_lease is not None:
+            active.account_lease.release()
+            active.account_lease = None
         self._invites.pop(id(active.a_tx), None)
         for leg in (active.a, active.b):
             if leg is not None and leg.dialog is not None:

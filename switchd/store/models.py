@@ -83,6 +83,9 @@ accounts = Table(
     Column("credit_limit", Money(), nullable=False, default=0),
     Column("billing_type", String(16), nullable=False, default="prepaid"),
     Column("status", String(16), nullable=False, default="active"),
+    # Per-customer limits on calls (0: none), on top of each trunk's.
+    Column("call_limit", Integer, nullable=False, default=0),
+    Column("cps_limit", Integer, nullable=False, default=0),
     _created(),
     _updated(),
 )

@@ -329,3 +329,18 @@ def test_incoming_number_rings_the_registered_device_and_redirects_when_unregist
     assert result.returncode == 0, result.stdout[-2000:] + errors(tmp_path)
     redirected = [c for c in network.wait_cdrs(3) if c["callee"] == "4420799901"]
     assert [(c["trunk_id"], c["reason"]) for c in redirected] == [(vendor["id"], "redirected (unregistered); BYE")]
+
+
+@pytest.mark.slow
+def test_customer_call_limit(network, tmp_path):
+    network.topup("100")
+    status, _ = network.api("PATCH", f"/v1/accounts/{network.account['id']}", {"call_limit": 2})
+    assert status == 200
+    network.vendor("vendor-a", "127.0.0.3", "uas_answer.xml")
+    network.settle()
+    result = network.call("uac_maybe.xml", calls=6, rate=20, duration_ms=3000)
+    assert result.returncode == 0, result.stdout[-2000:] + errors(tmp_path)
+    cdrs = network.wait_cdrs(2)
+    time.sleep(0.5)
+    # Only two calls of the account were up at once; the others got 503 and no CDR.
+    assert len(network.cdrs()) == 2 and {c["sip_code"] for c in network.cdrs()} == {200}

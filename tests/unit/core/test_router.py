@@ -252,7 +252,7 @@ def test_account_call_limit(clock):
     router = make_router(clock)
     first = router.acquire_account(42, 1)
     assert isinstance(first, Lease)
-    assert router.acquire_account(42, 1) == Refused("customer-calls")
+    assert router.acquire_account(42, 1) == Refused("customer-calls", 1.0)
     assert isinstance(router.acquire_account(43, 1), Lease)
     first.release()
     assert isinstance(router.acquire_account(42, 1), Lease)

@@ -48,12 +48,22 @@ class Router:
     def __init__(self, candidates):
         self.candidates = candidates
         self.released = 0
+        self.account_released = 0
 
     def route(self, service_id, callee):
         return succeed(list(self.candidates))
 
     def acquire(self, candidate):
         return Lease(self)
+
+    def acquire_account(self, account_id, call_limit, cps_limit=0):
+        router = self
+
+        class AccountLease:
+            def release(self):
+                router.account_released += 1
+
+        return AccountLease()
 
     def is_failover(self, status):
         return status in (408, 480, 500, 502, 503, 504)
@@ -170,6 +180,7 @@ def test_a_call_goes_through_and_both_legs_end_on_bye():
     assert h.take(A, "SIP/2.0 200") and h.take(B, "BYE")
     [call] = h.ended
     assert (call.hangup_side, call.state) == ("caller", "ended") and h.router.released == 1
+    assert h.router.account_released == 1
     assert len(h.b2bua) == 0 and len(h.registry) == 0
 
 
