@@ -261,6 +261,11 @@ class SipSection:
     reload_seconds: int = setting(
         "10", parse_int(1, 3600), "How often trunk and connection settings are re-read from the database."
     )
+    failover_codes: tuple[str, ...] = setting(
+        "408 480 500 502 503 504",
+        parse_words,
+        "Final answers from a trunk that send a call to the next trunk (486, 404 and 6xx never do).",
+    )
     flood_rate: float = setting(
         "100", parse_float(0), "Requests per second allowed from one source address (0: no limit)."
     )

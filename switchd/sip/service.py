@@ -239,7 +239,12 @@ class SIPService(Service):
         self.db = db
         self.node = node
         self.calls = CallRegistry(bus, reactor)
-        self.router = Router(db, reactor, limiter, self.trunks)
+        codes = set()
+        for code in sip.failover_codes:
+            if not code.isdigit() or not 300 <= int(code) <= 699:
+                raise ConfigError(config.source, f"{code!r} is not a SIP failure status", "sip", "failover_codes")
+            codes.add(int(code))
+        self.router = Router(db, reactor, limiter, self.trunks, failover_codes=frozenset(codes))
         self.trunks.on_settings = self.router.configure_limits
         self.b2bua = B2BUA(
             reactor,
