@@ -118,7 +118,7 @@ def test_sipsak_options_gets_200(switchd):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SIP/2.0 200 OK" in result.stdout
-    assert "Allow: ACK, CANCEL, OPTIONS, REGISTER" in result.stdout
+    assert "Allow: ACK, BYE, CANCEL, INFO, INVITE, OPTIONS, REGISTER, UPDATE" in result.stdout
     assert "rport=" in result.stdout and "received=127.0.0.1" in result.stdout
 
 
