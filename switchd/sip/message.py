@@ -1076,9 +1076,33 @@ class Message(abc.ABC):
 
     @property
     def top_via(self) -> Via | None:
-        """The topmost Via value, or ``None``."""
-        vias = self.via
-        return vias[0] if vias else None
+        """The topmost Via value, or ``None``.
+
+        Only the first value is parsed (transaction matching and response
+        routing need nothing else), so a long Via stack costs nothing here.
+        """
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        elif "top_via" in cache:
+            return cache["top_via"]  # type: ignore[return-value]
+        if "via" in cache:
+            vias = cache["via"]
+            top = vias[0] if vias else None  # type: ignore[index]
+        else:
+            raw = self._first("via")
+            if raw is None:
+                top = None
+            else:
+                first = split_header_values(raw)[0] if "," in raw else raw.strip()
+                if not first:
+                    raise self._error("Empty element in Via header")
+                try:
+                    top = parse_via(first)
+                except SIPParseError as exc:
+                    raise self._error(exc.reason) from None
+        cache["top_via"] = top
+        return top
 
     @property
     def from_addr(self) -> Address | None:

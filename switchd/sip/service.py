@@ -238,6 +238,7 @@ class SIPService(Service):
         )
         self.db = db
         self.node = node
+        self._numbers: dict[str, tuple[Any, list[int]]] = {}
         self.calls = CallRegistry(bus, reactor)
         codes = set()
         for code in sip.failover_codes:
@@ -289,6 +290,10 @@ class SIPService(Service):
         self.traces.start()
         self.registrar.start()
         self.trunks.start()
+        loop = LoopingCall(self._reload_numbers)
+        loop.clock = self.reactor
+        loop.start(self.config.sip.reload_seconds, now=True)
+        self._loops.append(loop)
         sip = self.config.sip
         if sip.nat_keepalive_seconds:
             self._every(sip.nat_keepalive_seconds, self._nat_keepalive)
@@ -412,27 +417,41 @@ class SIPService(Service):
         return Origin(service_id=account.service_id, kind="device", caller_id=account.caller_id)
 
     @staticmethod
-    def _load_number(conn, number: str):
-        digits = number.lstrip("+")
-        row = conn.execute(
-            select(numbers).where(numbers.c.number.in_([digits, "+" + digits]))
-        ).first()
-        if row is None:
-            return None
-        if row.sip_account_id is not None:
-            accounts = [row.sip_account_id]
-        else:
-            account_id = select(services.c.account_id).where(services.c.id == row.service_id).scalar_subquery()
-            accounts = conn.execute(
-                select(sip_accounts.c.id)
-                .select_from(sip_accounts.join(services, sip_accounts.c.service_id == services.c.id))
-                .where(services.c.account_id == account_id, sip_accounts.c.enabled.is_(True))
-            ).scalars().all()
-        return row, accounts
+    def _load_numbers(conn) -> dict[str, tuple[Any, list[int]]]:
+        """Every number of the switch with the SIP accounts its calls ring."""
+        by_account: dict[int, list[int]] = {}
+        for account_id, sip_account_id in conn.execute(
+            select(services.c.account_id, sip_accounts.c.id)
+            .select_from(sip_accounts.join(services, sip_accounts.c.service_id == services.c.id))
+            .where(sip_accounts.c.enabled.is_(True))
+        ):
+            by_account.setdefault(account_id, []).append(sip_account_id)
+        owners = dict(conn.execute(select(services.c.id, services.c.account_id)).all())
+        table = {}
+        for row in conn.execute(select(numbers)):
+            if row.sip_account_id is not None:
+                accounts = [row.sip_account_id]
+            else:
+                accounts = by_account.get(owners.get(row.service_id), [])
+            table[row.number.lstrip("+")] = (row, accounts)
+        return table
+
+    def _reload_numbers(self):
+        def loaded(table):
+            self._numbers = table
+
+        d = self.db.run(self._load_numbers)
+        d.addCallback(loaded)
+        d.addErrback(lambda f: self.log.failure("cannot read the switch's numbers", f))
+        return d
 
     async def _delivery(self, callee: str) -> Delivery | None:
-        """Where a call to one of the switch's own numbers goes, if it is one."""
-        found = await self.db.run(self._load_number, callee)
+        """Where a call to one of the switch's own numbers goes, if it is one.
+
+        Numbers are read every ``reload_seconds``, like trunks, so no call
+        waits for the database here.
+        """
+        found = self._numbers.get(callee.lstrip("+"))
         if found is None:
             return None
         row, accounts = found
