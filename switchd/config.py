@@ -107,6 +107,11 @@ def parse_endpoints(raw: str) -> tuple[str, ...]:
     return tuple(raw.split())
 
 
+def parse_words(raw: str) -> tuple[str, ...]:
+    """Items separated by commas or whitespace."""
+    return tuple(word for word in raw.replace(",", " ").split() if word)
+
+
 def parse_database_url(raw: str) -> str:
     value = raw.strip()
     if value and not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg2:")):
@@ -139,6 +144,13 @@ class SwitchdSection:
         "",
         parse_str,
         "Name of this node when several share one database (empty: the host name).",
+    )
+    gc_thresholds: tuple[str, ...] = setting(
+        "20000 20 20",
+        parse_words,
+        "Python garbage collector thresholds (generations 0, 1, 2), set once startup is done; "
+        "objects alive then are frozen out of collections. Higher values mean fewer pauses with "
+        "many calls up. Empty: the interpreter's defaults.",
     )
 
 
@@ -189,11 +201,6 @@ class ApiSection:
     idempotency_hours: float = setting(
         "24", parse_float(0), "How long a POST Idempotency-Key is remembered."
     )
-
-
-def parse_words(raw: str) -> tuple[str, ...]:
-    """Items separated by commas or whitespace."""
-    return tuple(word for word in raw.replace(",", " ").split() if word)
 
 
 @dataclass(frozen=True)
