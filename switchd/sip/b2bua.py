@@ -14,6 +14,7 @@ The B2BUA decides nothing about money or routes: ``authorize``, ``router``,
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -288,7 +289,7 @@ class B2BUA:
             candidates=list(candidates),
             account_lease=account_lease,
         )
-        call.hangup = lambda reason: self.hangup(call.id, reason)
+        call.hangup = functools.partial(self.hangup, call.id)
         self._invites[id(tx)] = active
         self.registry.add(call)
         if delivery is not None:
@@ -670,6 +671,14 @@ class B2BUA:
                 leg.dialog.terminate()
         call = active.call
         call.end = self.clock.seconds()
+        # Break the per-call reference cycles (transaction -> callback -> call
+        # state -> leg -> transaction, call -> hangup -> call) so reference
+        # counting frees an ended call at once instead of the cycle collector.
+        call.hangup = None
+        for leg in (active.a, active.b, *active.forks):
+            if leg is not None:
+                leg.tx = None
+        active.forks.clear()
         self.registry.set_state(call, "ended")
         d = ensureDeferred(_call(self.on_end, call))
         d.addErrback(lambda f: self.log.failure("call {call}: the CDR could not be written", f, call=call.id))
