@@ -268,6 +268,18 @@ class SipSection:
     reload_seconds: int = setting(
         "10", parse_int(1, 3600), "How often trunk and connection settings are re-read from the database."
     )
+    max_calls_in_setup: int = setting(
+        "1000",
+        parse_int(1),
+        "Calls being set up (not yet answered) beyond which new INVITEs get 503 with Retry-After "
+        "at once, before any database work: the switch sheds load instead of collapsing.",
+    )
+    udp_receive_buffer: int = setting(
+        "4194304",
+        parse_int(65536),
+        "Receive buffer of SIP UDP sockets in bytes (capped by the kernel's net.core.rmem_max); "
+        "absorbs bursts while the reactor is busy.",
+    )
     failover_codes: tuple[str, ...] = setting(
         "408 480 500 502 503 504",
         parse_words,

@@ -19,7 +19,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -131,8 +131,11 @@ class B2BUA:
         on_end: Callable[[Call], Awaitable[Any]],
         deliver: Callable[[str], Awaitable[Delivery | None]] | None = None,
         user_agent: str = "switchd",
+        max_calls_in_setup: int = 1000,
     ) -> None:
         self.deliver = deliver
+        self.max_calls_in_setup = max_calls_in_setup
+        self._pending = 0  # INVITEs still being identified, authorised or routed
         self.clock = clock
         self.layer = layer
         self.registry = registry
@@ -151,8 +154,18 @@ class B2BUA:
     # ==================================================================
 
     def invite(self, request: Request, tx: ServerTransaction) -> Deferred:
-        """A new INVITE (no To tag): start a call."""
-        return ensureDeferred(self._new_call(request, tx))
+        """A new INVITE (no To tag): start a call, unless the switch is overloaded."""
+        if self._pending + len(self._invites) >= self.max_calls_in_setup:
+            self._refuse(request, tx, 503, "Service Unavailable", (("Retry-After", "1"),))
+            return succeed(None)
+        self._pending += 1
+        d = ensureDeferred(self._new_call(request, tx))
+
+        def done(result):
+            self._pending -= 1  # the call now rings (in _invites), is answered, or is over
+            return result
+
+        return d.addBoth(done)
 
     def in_dialog(self, request: Request, tx: ServerTransaction) -> bool:
         """A request with a To tag; False if it belongs to no call of ours."""

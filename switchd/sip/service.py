@@ -259,6 +259,7 @@ class SIPService(Service):
             on_end=self._on_end,
             deliver=self._delivery,
             user_agent=sip.user_agent,
+            max_calls_in_setup=sip.max_calls_in_setup,
         )
         registry.register(_SipCollector(self))
         self._loops: list[LoopingCall] = []
@@ -276,6 +277,8 @@ class SIPService(Service):
                 message = ConfigError(self.config.source, f"cannot listen on {spec.description}: {reason}", "sip", "listen")
                 os.write(2, f"switchd: {message}\n".encode())
                 raise SystemExit(1) from None
+            if spec.transport == "udp":
+                self._grow_receive_buffer(port)
             address = port.getHost()
             self.log.info(
                 "[sip] listening on {description} ({type} {host} port {port})",
@@ -284,6 +287,21 @@ class SIPService(Service):
                 host=address.host,
                 port=address.port,
             )
+
+    def _grow_receive_buffer(self, port) -> None:
+        import socket as socket_module
+
+        wanted = self.config.sip.udp_receive_buffer
+        try:
+            sock = port.getHandle()
+            sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_RCVBUF, wanted)
+            granted = sock.getsockopt(socket_module.SOL_SOCKET, socket_module.SO_RCVBUF)
+        except (AttributeError, OSError) as e:
+            self.log.warn("cannot set the UDP receive buffer: {error}", error=e)
+            return
+        if granted < wanted:  # Linux reports twice what it grants, capped by rmem_max
+            self.log.info("UDP receive buffer is {granted} bytes (asked {wanted}; raise net.core.rmem_max for more)",
+                          granted=granted, wanted=wanted)
 
     def startService(self) -> None:
         super().startService()

@@ -340,3 +340,14 @@ def test_incoming_no_answer_is_redirected_or_480():
     h2.receive(INVITE.format(extra=""), A)
     h2.clock.advance(15)
     assert h2.take(A, "SIP/2.0 480") and h2.ended[0].hangup_side == "callee"
+
+
+def test_overload_is_shed_with_503_before_any_work():
+    h = Harness()
+    h.b2bua.max_calls_in_setup = 1
+    h.receive(INVITE.format(extra=""), A)  # rings: one call in set-up
+    second = INVITE.format(extra="").replace("a-leg", "second").replace("z9hG4bKa1", "z9hG4bKa2")
+    h.receive(second, A)
+    [refused] = [m for m in h.take(A, "SIP/2.0 503")]
+    assert refused.get("Retry-After") == "1" and refused.call_id == "second"
+    assert len(h.take(B, "INVITE")) == 1
