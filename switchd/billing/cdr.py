@@ -65,7 +65,8 @@ def _insert(conn: Connection):
         return postgresql.insert
     if name == "sqlite":
         return sqlite.insert
-    raise NotImplementedError(f"switchd does not support the {name} database")
+    # config.parse_database_url admits only these two; anything else is a bug.
+    raise RuntimeError(f"switchd supports SQLite and PostgreSQL, not the {name} database")
 
 
 def _fit(column: Column, value: Any) -> Any:
