@@ -26,7 +26,7 @@ ours and runs wherever the scheduler puts it.
 
 Run from the repository root (needs ``wrk``; PostgreSQL for that backend)::
 
-    python bench/api_bench.py --wait-quiet 120
+    python bench/api_bench.py --wait-quiet 90 --repeat 3
     python bench/api_bench.py --backends sqlite --duration 10 --connections 1,8
 
 All traffic stays on 127.0.0.1 and every wrk run is bounded by ``--duration``.
@@ -67,17 +67,23 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 LISTENING = re.compile(r"\[api\] listening on \S+ \(TCP \S+ port (\d+)\)")
 
-# --gc-freeze: run twistd through this wrapper, which moves every object alive
-# once the reactor runs (modules, configuration, the app) out of the garbage
-# collector's reach. An experiment to measure a proposed change; not switchd.
-GC_FREEZE_WRAPPER = (
-    "import gc, sys\n"
-    "from twisted.internet import reactor\n"
-    "reactor.callWhenRunning(lambda: (gc.collect(), gc.freeze()))\n"
-    "sys.argv[0] = 'twistd'\n"
-    "from twisted.scripts.twistd import run\n"
-    "run()\n"
-)
+# --gc-stats: run twistd through this wrapper, which times every garbage
+# collection (one line "generation milliseconds" per collection into the file
+# named by BENCH_GC_LOG). A measuring aid, not switchd's code.
+GC_STATS_WRAPPER = """\
+import gc, os, sys, time
+_log = open(os.environ["BENCH_GC_LOG"], "a", buffering=1)
+_started = [0.0]
+def _timed(phase, info):
+    if phase == "start":
+        _started[0] = time.perf_counter()
+    else:
+        _log.write("%d %.3f\\n" % (info["generation"], (time.perf_counter() - _started[0]) * 1000))
+gc.callbacks.append(_timed)
+sys.argv[0] = "twistd"
+from twisted.scripts.twistd import run
+run()
+"""
 
 
 class BenchDaemon:
@@ -88,7 +94,7 @@ class BenchDaemon:
     on the reactor thread), and the process can be pinned to one CPU.
     """
 
-    def __init__(self, directory: Path, env: dict[str, str], cpu: int | None, gc_freeze: bool) -> None:
+    def __init__(self, directory: Path, env: dict[str, str], cpu: int | None, gc_stats: bool = False) -> None:
         self.dir = directory
         self.state_dir = directory / "state"
         self.config = directory / "switchd.ini"
@@ -96,16 +102,18 @@ class BenchDaemon:
         self.log = directory / "switchd.log"
         self.env = {**os.environ, "SWITCHD_SWITCHD_STATE_DIR": str(self.state_dir), **env}
         self.cpu = cpu
-        self.gc_freeze = gc_freeze
+        self.gc_log = directory / "gc.log" if gc_stats else None
+        if self.gc_log is not None:
+            self.env["BENCH_GC_LOG"] = str(self.gc_log)
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
 
     def command(self) -> list[str]:
-        twistd_args = ["-n", "--pidfile=", "--logfile=-", "switchd", "-c", str(self.config)]
-        if self.gc_freeze:
-            command = [sys.executable, "-c", GC_FREEZE_WRAPPER, *twistd_args]
+        args = ["-n", "--pidfile=", "--logfile=-", "switchd", "-c", str(self.config)]
+        if self.gc_log is not None:
+            command = [sys.executable, "-c", GC_STATS_WRAPPER, *args]
         else:
-            command = [str(Path(sys.executable).with_name("twistd")), *twistd_args]
+            command = [str(Path(sys.executable).with_name("twistd")), *args]
         if self.cpu is not None:
             # taskset execs the daemon: the pid stays the daemon's.
             command = ["taskset", "-c", str(self.cpu), *command]
@@ -320,6 +328,7 @@ def measured_run(daemon: BenchDaemon, args, backend: str, operation: str, connec
         run_wrk(daemon.url, seconds=args.warmup, **common)
     background = wait_quiet(args.wait_quiet)
     pg_before = pg.backend_ticks() if pg else {}
+    gc_offset = daemon.gc_log.stat().st_size if daemon.gc_log is not None and daemon.gc_log.exists() else 0
     before = cpu_sample(daemon.pid)
     busy_before = machine_busy()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -335,6 +344,8 @@ def measured_run(daemon: BenchDaemon, args, backend: str, operation: str, connec
     result = run_wrk(daemon.url, seconds=args.duration, **common)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk's, before py-spy is reaped
     extra: dict[str, Any] = {}
+    if daemon.gc_log is not None:
+        extra["gc"] = gc_summary(daemon.gc_log, gc_offset, args.duration)
     if spy is not None:
         spy.wait(timeout=60)
         extra["profile"] = {"file": str(profile), "top_self": top_functions(profile)}
@@ -372,6 +383,29 @@ def measured_run(daemon: BenchDaemon, args, backend: str, operation: str, connec
         memory=memory(daemon.pid),
         extra=extra,
     )
+
+
+def gc_summary(path: Path, offset: int, seconds: float) -> dict[str, Any]:
+    """Collections per generation during a run: count, total and longest pause."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        lines = f.read().decode().splitlines()
+    per_gen: dict[str, dict[str, float]] = {}
+    for line in lines:
+        gen, _, ms = line.partition(" ")
+        if not ms:
+            continue
+        entry = per_gen.setdefault(f"gen{gen}", {"count": 0, "total_ms": 0.0, "max_ms": 0.0, "over_5ms": 0})
+        pause = float(ms)
+        entry["count"] += 1
+        entry["total_ms"] += pause
+        entry["max_ms"] = max(entry["max_ms"], pause)
+        entry["over_5ms"] += pause > 5
+    total = sum(e["total_ms"] for e in per_gen.values())
+    for e in per_gen.values():
+        e["total_ms"] = round(e["total_ms"], 1)
+        e["max_ms"] = round(e["max_ms"], 2)
+    return {"generations": dict(sorted(per_gen.items())), "share_of_time_pct": round(total / 10 / seconds, 2)}
 
 
 IDLE_FRAMES = ("Condition.wait (threading.py", "EPollReactor.doPoll (twisted/internet/epollreactor.py")
@@ -473,7 +507,9 @@ def bench_backend(backend: str, args) -> tuple[list[Run], dict[str, Any]]:
         import sqlite3
 
         info["sqlite_version"] = sqlite3.sqlite_version
-    daemon = BenchDaemon(tmp, env, args.daemon_cpu, args.gc_freeze)
+    if args.gc_thresholds is not None:
+        env["SWITCHD_SWITCHD_GC_THRESHOLDS"] = args.gc_thresholds
+    daemon = BenchDaemon(tmp, env, args.daemon_cpu, args.gc_stats)
     runs: list[Run] = []
     try:
         daemon.start(timeout=60)
@@ -504,27 +540,27 @@ def bench_backend(backend: str, args) -> tuple[list[Run], dict[str, Any]]:
             run = min(repeats, key=lambda r: r.other_cpu_pct)
             if args.repeat > 1:
                 run.extra["repeats"] = [
-                    {"rps": r.wrk["rps"], "p99_us": r.wrk["latency_us"]["p99"], "other_cpu_pct": r.other_cpu_pct}
+                    {"rps": r.wrk["rps"], "p99_us": r.wrk["latency_us"]["p99"],
+                     "errors": sum(r.wrk["errors"].values()), "other_cpu_pct": r.other_cpu_pct}
                     for r in repeats
                 ]
             if operation.startswith("GET") and connections == 1 and not delay_ms:
                 unloaded_ms = run.wrk["latency_us"]["p50"] / 1000
             runs.append(run)
             print(row(run), flush=True)
+            if "gc" in run.extra:
+                gcs = run.extra["gc"]
+                print("    gc: " + "; ".join(
+                    f"{gen} {e['count']}x, max {e['max_ms']} ms, {e['over_5ms']} over 5 ms"
+                    for gen, e in gcs["generations"].items()
+                ) + f"; {gcs['share_of_time_pct']}% of the time", flush=True)
             for name, share in run.extra.get("profile", {}).get("top_self", []):
                 print(f"    {share:5.1f}%  {name}")
         info["memory_at_end"] = memory(daemon.pid)
     finally:
         code = daemon.stop()
-        # Count the API handler's failure reports in every (rotated) log file,
-        # and among them the client aborts: wrk closes its connections at the
-        # end of a run and Klein cancels the requests still in flight.
-        failures = cancelled = 0
-        if daemon.log.exists():
-            text = daemon.log.read_text(errors="replace")
-            failures = text.count("] API request ")
-            cancelled = text.count("twisted.internet.defer.CancelledError")
-        info["daemon"] = {"exit_code": code, "logged_failures": failures, "of_which_cancelled": cancelled}
+        text = daemon.log.read_text(errors="replace") if daemon.log.exists() else ""
+        info["daemon"] = {"exit_code": code, **logged_failures(text)}
         if pg is not None:
             pg.drop()
         if args.keep_logs:
@@ -532,6 +568,25 @@ def bench_backend(backend: str, args) -> tuple[list[Run], dict[str, Any]]:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return runs, info
+
+
+def logged_failures(log: str) -> dict[str, Any]:
+    """The API handler's failure reports in the daemon's log, by exception.
+
+    wrk closes its connections at the end of a run with requests in flight;
+    Klein cancels those and the handler reports a CancelledError for each.
+    Anything else is worth a look (the daemon's log is kept with --keep-logs).
+    """
+    kinds: dict[str, int] = {}
+    blocks = re.split(r"^\S+ \[[^\]]*\] ", log, flags=re.MULTILINE)
+    for block in blocks:
+        if not block.startswith("API request "):
+            continue
+        lines = [line.strip() for line in block.splitlines()[1:] if line.strip()]
+        kind = lines[-1][:160] if lines else "?"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    cancelled = sum(n for kind, n in kinds.items() if kind.startswith("twisted.internet.defer.CancelledError"))
+    return {"logged_failures": sum(kinds.values()), "of_which_cancelled": cancelled, "failures_by_kind": kinds}
 
 
 # -- reporting ---------------------------------------------------------------------------
@@ -630,9 +685,12 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--py-spy", action="store_true",
                         help="record a py-spy profile (the thread holding the GIL) of the daemon during "
                              "each run into --out, and print its busiest functions; slows the daemon a little")
-    parser.add_argument("--gc-freeze", action="store_true",
-                        help="experiment: start the daemon through a wrapper calling gc.collect() and "
-                             "gc.freeze() once the reactor runs (measures a proposed change)")
+    parser.add_argument("--gc-stats", action="store_true",
+                        help="time every garbage collection in the daemon (through a small wrapper "
+                             "around twistd) and report them per run")
+    parser.add_argument("--gc-thresholds", default=None, metavar="'G0 G1 G2'",
+                        help="[switchd] gc_thresholds for the daemon; '' runs it with the interpreter's "
+                             "collector defaults and nothing frozen (default: the daemon's own default)")
     args = parser.parse_args(argv)
     args.connections = [int(c) for c in args.connections.split(",") if c]
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -656,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
           f"Twisted {machine['twisted']}, SQLAlchemy {machine['sqlalchemy']}, {machine['wrk']}")
     print(f"daemon CPU {args.daemon_cpu}, wrk CPU {args.wrk_cpu} (None: not pinned); "
           f"{args.duration:g}s runs after {args.warmup:g}s warm-up; wrk -t{args.threads}"
-          + ("; EXPERIMENT: daemon started with gc.freeze()" if args.gc_freeze else ""))
+          + (f"; gc_thresholds {args.gc_thresholds!r}" if args.gc_thresholds is not None else ""))
     # SIGINT reaches the whole process group (daemon and wrk too); let the
     # finally clauses clean up.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -690,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
               "rerun on a quiet machine or with --wait-quiet")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = args.out / f"api-{stamp}{'-gcfreeze' if args.gc_freeze else ''}.json"
+    path = args.out / f"api-{stamp}{'-gc' if args.gc_thresholds is not None else ''}.json"
     document = {
         "benchmark": "api",
         "when": stamp,
@@ -699,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration, "warmup_s": args.warmup, "wrk_threads": args.threads,
             "connections": args.connections, "paced_rate": args.rate,
             "paced_connections": args.paced_connections, "seed": args.seed,
-            "daemon_cpu": args.daemon_cpu, "wrk_cpu": args.wrk_cpu, "gc_freeze": args.gc_freeze,
+            "daemon_cpu": args.daemon_cpu, "wrk_cpu": args.wrk_cpu, "gc_thresholds": args.gc_thresholds, "gc_stats": args.gc_stats,
             "pool_size": args.pool_size, "wait_quiet_s": args.wait_quiet, "repeat": args.repeat, "py_spy": args.py_spy,
         },
         "backends": backends,
