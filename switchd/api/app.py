@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -33,7 +33,7 @@ from . import crud
 from .auth import KeyCache, Principal, lookup
 from .openapi import document
 from .problem import PROBLEM_JSON, Problem, invalid
-from .resources import ACCOUNTS, BY_PATH, COLLECTIONS, TRANSACTIONS
+from .resources import ACCOUNTS, COLLECTIONS, TRANSACTIONS
 from .schema import WriteContext, coerce, render, validate
 
 JSON = "application/json"
@@ -131,6 +131,10 @@ class ProvisioningAPI:
                     result = json.dumps(body).encode("utf-8")
             except Problem as problem:
                 result = self._problem(request, problem)
+            except CancelledError:
+                # The client went away mid-request: nothing to answer, nothing to log.
+                self.metrics.requests.labels(route, request.method.decode(), "cancelled").inc()
+                return b""
             except Exception:
                 self.log.failure("API request {method} {path} failed", method=request.method, path=request.path)
                 result = self._problem(request, Problem(500, "internal error; see the switchd log"))

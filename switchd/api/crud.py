@@ -18,7 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from .auth import Principal
 from .problem import Problem, invalid
 from .resources import BY_PATH
-from .schema import Field, Resource, WriteContext, render
+from .schema import Resource, WriteContext, render
 
 
 def encode_cursor(last_id: int) -> str:
@@ -231,7 +231,3 @@ def remove(
                 conn.execute(delete(table).where(table.c.id == object_id))
     except IntegrityError as e:
         raise _conflict(resource, e) from None
-
-
-def field_of(path: str, name: str) -> Field:
-    return BY_PATH[path].by_name[name]

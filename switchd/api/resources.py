@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -11,7 +10,7 @@ from sqlalchemy.engine import Connection
 from ..store import models as m
 from ..sip.digest import compute_ha1
 from .auth import Principal, create_key, new_secret_hash
-from .problem import Problem, invalid
+from .problem import Problem
 from .schema import Field, Resource, WriteContext
 
 # -- field shorthands ---------------------------------------------------------

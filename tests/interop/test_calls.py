@@ -340,7 +340,7 @@ def test_customer_call_limit(network, tmp_path):
     network.settle()
     result = network.call("uac_maybe.xml", calls=6, rate=20, duration_ms=3000)
     assert result.returncode == 0, result.stdout[-2000:] + errors(tmp_path)
-    cdrs = network.wait_cdrs(2)
+    network.wait_cdrs(2)
     time.sleep(0.5)
     # Only two calls of the account were up at once; the others got 503 and no CDR.
     assert len(network.cdrs()) == 2 and {c["sip_code"] for c in network.cdrs()} == {200}

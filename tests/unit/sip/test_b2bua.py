@@ -232,7 +232,7 @@ def test_failover_then_the_callee_is_busy():
     respond_b(h, 503, "Service Unavailable")
     assert h.take(B, "ACK")  # the transaction layer ACKs the non-2xx itself
     [b2] = h.take(second, "INVITE")
-    lines = [f"SIP/2.0 486 Busy Here"] + [f"Via: {v}" for v in b2.get_all("Via")] + [
+    lines = ["SIP/2.0 486 Busy Here"] + [f"Via: {v}" for v in b2.get_all("Via")] + [
         f"From: {b2.get('From')}", f"To: {b2.get('To')};tag=z", f"Call-ID: {b2.call_id}", f"CSeq: {b2.get('CSeq')}"]
     h.receive("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n", second)
     assert h.take(A, "SIP/2.0 486")
@@ -266,7 +266,7 @@ def test_in_dialog_requests_cross_to_the_other_leg(method):
     )
     [out] = h.take(B, method)
     assert out.call_id != "a-leg" and out.body == b"Signal=5\r\n"
-    lines = [f"SIP/2.0 200 OK"] + [f"Via: {v}" for v in out.get_all("Via")] + [
+    lines = ["SIP/2.0 200 OK"] + [f"Via: {v}" for v in out.get_all("Via")] + [
         f"From: {out.get('From')}", f"To: {out.get('To')}", f"Call-ID: {out.call_id}", f"CSeq: {out.get('CSeq')}"]
     h.receive("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n", B)
     answers = [m for m in h.take(A, "SIP/2.0 200") if m.cseq.method == method]
