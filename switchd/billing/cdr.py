@@ -13,13 +13,14 @@ any of this is retried.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, Table, delete, select
+from sqlalchemy import Column, Table, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -60,13 +61,37 @@ class CallRecord:
 
 def _insert(conn: Connection):
     """The dialect's INSERT, which knows ON CONFLICT."""
-    name = conn.dialect.name
+    return _dialect_insert(conn.dialect.name)
+
+
+def _dialect_insert(name: str):
     if name == "postgresql":
         return postgresql.insert
     if name == "sqlite":
         return sqlite.insert
     # config.parse_database_url admits only these two; anything else is a bug.
     raise RuntimeError(f"switchd supports SQLite and PostgreSQL, not the {name} database")
+
+
+@dataclass(frozen=True)
+class _Statements:
+    insert_active: Any
+    delete_active: Any
+    insert_cdr: Any
+    cdr_id: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    """The per-call statements, built once per dialect: a statement object
+    memoises its cache key, so each call skips SQLAlchemy's construction."""
+    insert = _dialect_insert(dialect)
+    return _Statements(
+        insert_active=insert(active_calls).on_conflict_do_nothing(index_elements=["call_id"]),
+        delete_active=delete(active_calls).where(active_calls.c.call_id == bindparam("call_id")),
+        insert_cdr=insert(cdrs).on_conflict_do_nothing(index_elements=["call_id"]).returning(cdrs.c.id),
+        cdr_id=select(cdrs.c.id).where(cdrs.c.call_id == bindparam("call_id")),
+    )
 
 
 def _fit(column: Column, value: Any) -> Any:
@@ -130,9 +155,7 @@ def record_answer(conn: Connection, record: CallRecord, now: datetime.datetime) 
         currency=record.currency or (None if rate is None else rate.currency),
         created_at=now,
     )
-    conn.execute(
-        _insert(conn)(active_calls).values(**values).on_conflict_do_nothing(index_elements=["call_id"])
-    )
+    conn.execute(_statements(conn.dialect.name).insert_active, values)
 
 
 def finish_call(conn: Connection, record: CallRecord, now: datetime.datetime | None = None) -> int:
@@ -188,15 +211,11 @@ def finish_call(conn: Connection, record: CallRecord, now: datetime.datetime | N
         node=record.node,
         created_at=now or end,
     )
-    conn.execute(delete(active_calls).where(active_calls.c.call_id == call_id))
-    cdr_id = conn.execute(
-        _insert(conn)(cdrs)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["call_id"])
-        .returning(cdrs.c.id)
-    ).scalar()
+    statements = _statements(conn.dialect.name)
+    conn.execute(statements.delete_active, {"call_id": call_id})
+    cdr_id = conn.execute(statements.insert_cdr, values).scalar()
     if cdr_id is None:  # written before: by a retry, or by another node
-        return conn.execute(select(cdrs.c.id).where(cdrs.c.call_id == call_id)).scalar_one()
+        return conn.execute(statements.cdr_id, {"call_id": call_id}).scalar_one()
     if amount > 0:
         ledger.book(
             conn,

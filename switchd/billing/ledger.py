@@ -13,7 +13,7 @@ import datetime
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from ..store.models import LEDGER_KINDS, accounts, ledger
@@ -22,6 +22,23 @@ from ..store.types import MONEY_LIMIT, to_money
 #: Each kind moves money one way; the amount given is always positive.
 CREDITS = frozenset({"topup", "refund", "credit"})
 DEBITS = frozenset({"charge", "writeoff", "debit"})
+
+# Built once (their cache keys are memoised): booking runs for every call.
+_PREVIOUS = select(ledger).where(
+    ledger.c.account_id == bindparam("account_id"),
+    ledger.c.kind == bindparam("kind"),
+    ledger.c.reference == bindparam("reference"),
+)
+_BALANCE = select(accounts.c.balance).where(accounts.c.id == bindparam("account_id")).with_for_update()
+_SET_BALANCE = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account_id"))
+    .values(
+        balance=bindparam("new_balance", type_=accounts.c.balance.type),
+        updated_at=bindparam("now", type_=accounts.c.updated_at.type),
+    )
+)
+_INSERT = insert(ledger).returning(*ledger.c)
 
 
 class LedgerError(ValueError):
@@ -82,39 +99,28 @@ def book(
     delta = signed_amount(kind, amount)
     if reference is not None:
         previous = conn.execute(
-            select(ledger).where(
-                ledger.c.account_id == account_id,
-                ledger.c.kind == kind,
-                ledger.c.reference == reference,
-            )
+            _PREVIOUS, {"account_id": account_id, "kind": kind, "reference": reference}
         ).first()
         if previous is not None:
             return _movement(previous, replayed=True)
     # Lock the account row (PostgreSQL); SQLite's BEGIN IMMEDIATE already did.
-    balance = conn.execute(
-        select(accounts.c.balance).where(accounts.c.id == account_id).with_for_update()
-    ).scalar()
+    balance = conn.execute(_BALANCE, {"account_id": account_id}).scalar()
     if balance is None:
         raise LedgerError(f"no account {account_id}")
     new_balance = to_money(balance + delta)
     if abs(new_balance) >= MONEY_LIMIT:
         raise BalanceRangeError(f"the balance would leave the supported range (below {MONEY_LIMIT})")
-    conn.execute(
-        update(accounts)
-        .where(accounts.c.id == account_id)
-        .values(balance=new_balance, updated_at=now)
-    )
+    conn.execute(_SET_BALANCE, {"account_id": account_id, "new_balance": new_balance, "now": now})
     row = conn.execute(
-        insert(ledger)
-        .values(
-            account_id=account_id,
-            kind=kind,
-            amount=delta,
-            balance_after=new_balance,
-            reference=reference,
-            description=description,
-            created_at=now,
-        )
-        .returning(*ledger.c)
+        _INSERT,
+        {
+            "account_id": account_id,
+            "kind": kind,
+            "amount": delta,
+            "balance_after": new_balance,
+            "reference": reference,
+            "description": description,
+            "created_at": now,
+        },
     ).one()
     return _movement(row, replayed=False)

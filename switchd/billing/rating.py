@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
 from twisted.logger import Logger
 
@@ -27,6 +27,50 @@ from ..store.models import accounts, customers, rates, services, tariff_plans
 from ..store.types import to_money
 
 log = Logger()
+
+
+# Built once: a statement object memoises its cache key, so each call skips
+# SQLAlchemy's construction and cache-key work (a large share of the
+# per-call cost in bench/b2bua_bench.py).
+_FIND_RATE = (
+    select(
+        rates.c.tariff_plan_id,
+        rates.c.prefix,
+        rates.c.price_per_minute,
+        rates.c.price_per_message,
+        rates.c.price_per_use,
+        rates.c.connection_fee,
+        rates.c.increment_first,
+        rates.c.increment_next,
+        tariff_plans.c.currency,
+    )
+    .join(tariff_plans, tariff_plans.c.id == rates.c.tariff_plan_id)
+    .where(
+        rates.c.tariff_plan_id == bindparam("plan"),
+        rates.c.prefix.in_(bindparam("prefixes", expanding=True)),
+    )
+    .order_by(func.length(rates.c.prefix).desc())
+    .limit(1)
+)
+
+_AUTHORIZE = (
+    select(
+        services.c.status.label("service_status"),
+        services.c.tariff_plan_id,
+        accounts.c.id.label("account_id"),
+        accounts.c.status.label("account_status"),
+        accounts.c.billing_type,
+        accounts.c.currency,
+        accounts.c.balance,
+        accounts.c.credit_limit,
+        accounts.c.call_limit,
+        accounts.c.cps_limit,
+        customers.c.status.label("customer_status"),
+    )
+    .join(accounts, accounts.c.id == services.c.account_id)
+    .join(customers, customers.c.id == accounts.c.customer_id)
+    .where(services.c.id == bindparam("service_id"))
+)
 
 #: The longest prefix a rate can hold (the width of ``rates.prefix``).
 MAX_PREFIX_DIGITS = 32
@@ -109,23 +153,7 @@ def find_rate(conn: Connection, tariff_plan_id: int, number: str) -> Rate | None
     """
     digits = number_digits(number)[:MAX_PREFIX_DIGITS]
     candidates = [digits[:n] for n in range(len(digits), -1, -1)]
-    row = conn.execute(
-        select(
-            rates.c.tariff_plan_id,
-            rates.c.prefix,
-            rates.c.price_per_minute,
-            rates.c.price_per_message,
-            rates.c.price_per_use,
-            rates.c.connection_fee,
-            rates.c.increment_first,
-            rates.c.increment_next,
-            tariff_plans.c.currency,
-        )
-        .join(tariff_plans, tariff_plans.c.id == rates.c.tariff_plan_id)
-        .where(rates.c.tariff_plan_id == tariff_plan_id, rates.c.prefix.in_(candidates))
-        .order_by(func.length(rates.c.prefix).desc())
-        .limit(1)
-    ).first()
+    row = conn.execute(_FIND_RATE, {"plan": tariff_plan_id, "prefixes": candidates}).first()
     return None if row is None else _rate(row)
 
 
@@ -201,24 +229,7 @@ def authorize_call(
     prepaid account cannot pay the connection fee and the first increment.
     ``now`` is the moment of the call, named in the (debug) log of refusals.
     """
-    row = conn.execute(
-        select(
-            services.c.status.label("service_status"),
-            services.c.tariff_plan_id,
-            accounts.c.id.label("account_id"),
-            accounts.c.status.label("account_status"),
-            accounts.c.billing_type,
-            accounts.c.currency,
-            accounts.c.balance,
-            accounts.c.credit_limit,
-            accounts.c.call_limit,
-            accounts.c.cps_limit,
-            customers.c.status.label("customer_status"),
-        )
-        .join(accounts, accounts.c.id == services.c.account_id)
-        .join(customers, customers.c.id == accounts.c.customer_id)
-        .where(services.c.id == service_id)
-    ).first()
+    row = conn.execute(_AUTHORIZE, {"service_id": service_id}).first()
 
     def refuse(sip_status: int, reason: str) -> Refusal:
         log.debug(
