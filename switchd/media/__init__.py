@@ -1,0 +1,1 @@
+"""Media plane: the RTP relay, SDP offer/answer, DTMF, prompts and recording."""
