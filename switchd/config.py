@@ -309,6 +309,64 @@ class SipSection:
 
 
 @dataclass(frozen=True)
+class MediaSection:
+    """[media]: the RTP relay every call goes through, recordings and prompts."""
+
+    enabled: bool = setting(
+        "true",
+        parse_bool,
+        "Relay the media of every call through switchd (false: SDP passes untouched and the "
+        "endpoints exchange RTP directly; no recording, no in-band DTMF, no prompts).",
+    )
+    listen: str = setting(
+        "",
+        parse_str,
+        "Local IP address the relay's RTP sockets bind to (empty: the address of the first "
+        "[sip] listen endpoint, or 0.0.0.0 when that is a wildcard).",
+    )
+    advertise: str = setting(
+        "",
+        parse_str,
+        "IP address written into SDP (c= lines) for the relay (empty: [sip] advertise or the "
+        "listen address). Set it to the public address behind 1:1 NAT.",
+    )
+    port_min: int = setting(
+        "20000", parse_int(1024, 65534), "Lowest RTP port of the relay (RTP even, RTCP the odd one above)."
+    )
+    port_max: int = setting(
+        "29999", parse_int(1025, 65535), "Highest port of the relay; each call leg takes two ports."
+    )
+    timeout: int = setting(
+        "60", parse_int(0), "Seconds without any RTP from either side before an answered call is "
+        "ended (reason \"media timeout\"); 0 disables the check."
+    )
+    hold_timeout: int = setting(
+        "3600", parse_int(0), "The same while the call is on hold (a=sendonly, a=inactive); 0 disables it."
+    )
+    strict_source: bool = setting(
+        "false",
+        parse_bool,
+        "After latching, drop RTP from any address other than the latched one (protects against "
+        "RTP injection; breaks endpoints that change source port mid-call).",
+    )
+    recordings_dir: str = setting(
+        "",
+        parse_str,
+        "Where call recordings (stereo WAV, one channel per leg) are written, by date "
+        "(empty: <state_dir>/recordings).",
+    )
+    prompts_dir: str = setting(
+        "/usr/share/switchd/prompts",
+        parse_str,
+        "Announcement files: <dir>/<language>/<8-digit id>.wav or .au, then <dir>/<id>.wav or .au.",
+    )
+    tts_cache_dir: str = setting(
+        "", parse_str, "Cache of spoken texts (empty: <state_dir>/tts)."
+    )
+    espeak: str = setting("espeak-ng", parse_str, "The espeak-ng program used to speak texts.")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole process configuration."""
 
@@ -317,6 +375,7 @@ class Config:
     database: DatabaseSection = field(default_factory=DatabaseSection)
     api: ApiSection = field(default_factory=ApiSection)
     sip: SipSection = field(default_factory=SipSection)
+    media: MediaSection = field(default_factory=MediaSection)
 
     @property
     def state_dir(self) -> str:
@@ -412,6 +471,10 @@ def load(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
             except ValueError as e:
                 raise ConfigError(origin, str(e), name, key) from None
         sections[name] = cls(**values)
+    media = sections["media"]
+    if media.port_max - media.port_min < 3:
+        origin = raw["media"].get("port_max", raw["media"].get("port_min", (source, "")))[0]
+        raise ConfigError(origin, "port_max must be at least port_min + 3 (two legs of two ports)", "media", "port_max")
     return Config(source=source, **sections)
 
 

@@ -325,9 +325,37 @@ def document() -> dict[str, Any]:
             "start": {"type": "number", "description": "Unix time the INVITE arrived."},
             "answer": {"type": ["number", "null"]},
             "max_seconds": {"type": ["integer", "null"], "description": "Cut-off the balance allows."},
+            "dtmf": {"type": "string", "description": "Digits pressed so far (both legs, in order)."},
+            "recording": {"type": ["string", "null"], "description": "Recording file, if recorded."},
+            "media": {
+                "type": "array",
+                "description": "Relay sessions, one per m= line (empty: media not relayed).",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        side: {
+                            "type": "object",
+                            "description": f"The leg facing the {who}.",
+                            "properties": {
+                                "local_port": {"type": "integer", "description": "Relay RTP port (RTCP +1)."},
+                                "remote": {"type": ["string", "null"], "description": "Where RTP is sent (host:port)."},
+                                "comedia": {"type": "boolean"},
+                                "latched": {"type": "boolean"},
+                                "packets_in": {"type": "integer"},
+                                "packets_out": {"type": "integer"},
+                                "dropped": {"type": "integer"},
+                            },
+                            "required": ["local_port", "remote", "comedia", "latched", "packets_in",
+                                         "packets_out", "dropped"],
+                        }
+                        for side, who in (("caller", "caller"), ("callee", "callee"))
+                    },
+                    "required": ["caller", "callee"],
+                },
+            },
         },
         "required": ["id", "state", "direction", "account_id", "service_id", "trunk_id", "caller", "callee",
-                     "start", "answer", "max_seconds"],
+                     "start", "answer", "max_seconds", "dtmf", "recording", "media"],
     }
     schemas["Call"] = call_schema
     call_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"}}

@@ -464,6 +464,8 @@ SIP_CONNECTIONS = Resource(
         text("add_prefix", 16, "Digits put in front of the called number sent to the trunk.", default="",
              pattern="^[0-9]*$"),
         flag("e164", "Send the called number in E.164 form with a leading '+'."),
+        flag("media_bypass", "Leave media to the endpoints (no relay) when the caller is reachable: "
+             "no recording, DTMF detection or media timeout on such calls."),
         _created(),
         _updated(),
     ),

@@ -29,6 +29,17 @@ class CallStateChanged(Event):
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class CallDtmf(Event):
+    """A DTMF digit heard on a call: RFC 4733 telephone-event or SIP INFO."""
+
+    call_id: str
+    leg: str  # "caller" or "callee": who pressed it
+    digit: str
+    duration_ms: int
+    source: str  # "rfc4733" or "info"
+
+
 @dataclass
 class Call:
     """One call through the switch (both legs)."""
@@ -51,6 +62,10 @@ class Call:
     max_seconds: int | None = None
     currency: str | None = None
     rate: Any = None  # billing.rating.Rate
+    recording: str | None = None  # the call's WAV recording, under [media] recordings_dir
+    dtmf: str = ""  # digits pressed so far, both legs
+    # The relay sessions' state for the API (set by the B2BUA when media is relayed).
+    media_info: Callable[[], list[dict[str, Any]]] | None = field(default=None, repr=False)
     # How to end the call from outside (API, max duration): set by the leg owner.
     hangup: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -67,6 +82,9 @@ class Call:
             "start": self.start,
             "answer": self.answer,
             "max_seconds": self.max_seconds,
+            "dtmf": self.dtmf,
+            "recording": self.recording,
+            "media": self.media_info() if self.media_info is not None else [],
         }
 
 

@@ -24,9 +24,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ..billing.rating import CUTOFF_MARGIN
-from ..core.calls import Call, CallRegistry
+from ..core.calls import Call, CallDtmf, CallRegistry
+from ..media.dtmf import DtmfDigit, DtmfError, parse_sip_info
+from ..media.relay import NoPorts
+from ..media.sdp import SdpError, SessionDescription
 from .dialog import Dialog, DialogId, RequestVerdict
-from .message import URI, Address, Request, Response, make_response, new_tag
+from .media import CallMedia, MediaManager, MediaPolicy, is_sdp
+from .message import URI, Address, Message, Request, Response, make_response, new_tag
 from .transaction import ClientTransaction, Destination, ServerTransaction, TransactionLayer
 
 FORWARDED_IN_DIALOG = frozenset({"INVITE", "UPDATE", "INFO"})
@@ -109,6 +113,9 @@ class ActiveCall:
     ok: Response | None = None  # the 2xx sent to A, retransmitted until its ACK
     retransmit: IDelayedCall | None = None
     acked: bool = False
+    media: CallMedia | None = None  # None: the call's SDP passes untouched
+    policy_a: MediaPolicy = field(default_factory=MediaPolicy)
+    policy_b: MediaPolicy = field(default_factory=MediaPolicy)
 
     def other(self, leg: Leg) -> Leg | None:
         return self.b if leg is self.a else self.a
@@ -132,7 +139,11 @@ class B2BUA:
         deliver: Callable[[str], Awaitable[Delivery | None]] | None = None,
         user_agent: str = "switchd",
         max_calls_in_setup: int = 1000,
+        media: MediaManager | None = None,
+        publish: Callable[[Any], None] | None = None,
     ) -> None:
+        self.media = media
+        self.publish = publish
         self.deliver = deliver
         self.max_calls_in_setup = max_calls_in_setup
         self._pending = 0  # INVITEs still being identified, authorised or routed
@@ -165,7 +176,9 @@ class B2BUA:
             self._pending -= 1  # the call now rings (in _invites), is answered, or is over
             return result
 
-        return d.addBoth(done)
+        d.addBoth(done)
+        d.addErrback(lambda f: self.log.failure("INVITE for {uri} failed", f, uri=str(request.uri)))
+        return d
 
     def in_dialog(self, request: Request, tx: ServerTransaction) -> bool:
         """A request with a To tag; False if it belongs to no call of ours."""
@@ -181,6 +194,8 @@ class B2BUA:
             tx.respond(make_response(request, 200))
             self._hangup(active, "caller" if leg is active.a else "callee", 200, "BYE", skip=leg)
         elif request.method in FORWARDED_IN_DIALOG:
+            if request.method == "INFO":
+                self._info_dtmf(active, leg, request)
             self._forward(active, leg, request, tx)
         else:
             tx.respond(make_response(request, 405, extra_headers=(("Allow", ALLOW),)))
@@ -257,6 +272,12 @@ class B2BUA:
             callee = _digits(request.uri.user or "")
             if not callee:
                 raise CallRefused(484, "Address Incomplete")
+            relay_media = self.media is not None and is_sdp(request.get("Content-Type"), request.body)
+            if relay_media:
+                try:
+                    SessionDescription.parse(request.body)
+                except SdpError as error:
+                    raise CallRefused(488, "Not Acceptable Here", (("Warning", f'399 switchd "{error}"'),))
             caller_address = request.from_addr
             caller = origin.caller_id or (_digits(caller_address.uri.user or "") if caller_address else "")
             delivery = await self.deliver(callee) if self.deliver is not None else None
@@ -303,6 +324,10 @@ class B2BUA:
             account_lease=account_lease,
         )
         call.hangup = functools.partial(self.hangup, call.id)
+        if relay_media:
+            active.policy_a = self._policy_a(origin, request, tx.source)
+            active.media = self._start_media(active)
+            call.media_info = active.media.describe
         self._invites[id(tx)] = active
         self.registry.add(call)
         if delivery is not None:
@@ -319,6 +344,74 @@ class B2BUA:
             if branch and self.layer.client_transaction(branch, "INVITE") is not None:
                 return True
         return False
+
+    # -- media ----------------------------------------------------------------------
+
+    def _policy_a(self, origin: Origin, request: Request, source: Destination) -> MediaPolicy:
+        """A trunk's own setting; a device behind NAT (Contact is not where it sends from) gets COMEDIA."""
+        assert self.media is not None
+        if origin.kind == "trunk":
+            return self.media.trunk_policy(origin.trunk_id)
+        try:
+            contacts = request.contacts
+        except Exception:  # an unparsable Contact: the INVITE is answered without it
+            contacts = ()
+        uri = contacts[0].uri if contacts else None
+        natted = uri is not None and (uri.host, uri.port or 5060) != (source.host, source.port)
+        return MediaPolicy(comedia=natted)
+
+    def _start_media(self, active: ActiveCall) -> CallMedia:
+        assert self.media is not None
+        call = active.call
+        media = self.media.start(
+            call.id,
+            on_timeout=lambda: self._hangup(active, "switch", None, "media timeout"),
+            on_dtmf=lambda side, digit: self._dtmf(active, side, digit, "rfc4733"),
+        )
+        media.comedia["a"] = active.policy_a.comedia
+        return media
+
+    def _b_offer(self, active: ActiveCall, policy: MediaPolicy) -> bytes:
+        """The SDP offer for a new B leg: through the relay, or A's own when bypassed."""
+        body = active.a_request.body
+        media = active.media
+        if media is None:
+            return body
+        active.policy_b = policy
+        media.comedia["b"] = policy.comedia
+        media.bypass = policy.bypass and not active.policy_a.comedia and not media.sessions
+        return media.received("a", body)
+
+    def _sdp_to(self, active: ActiveCall, source_side: str, message: Message) -> bytes:
+        """The body to pass on from ``source_side``: SDP through the relay, the rest as is."""
+        media = active.media
+        if media is None or not is_sdp(message.get("Content-Type"), message.body):
+            return message.body
+        try:
+            return media.received(source_side, message.body)
+        except SdpError as error:
+            self.log.warn("call {call}: bad SDP from the {side} leg passed on as is: {error}",
+                          call=active.call.id, side=source_side, error=str(error))
+            return message.body
+
+    def _dtmf(self, active: ActiveCall, side: str, digit: DtmfDigit, source: str) -> None:
+        call = active.call
+        call.dtmf += digit.digit
+        self.log.info("call {call}: DTMF {digit} from the {leg} ({source}, {ms} ms)", call=call.id,
+                      digit=digit.digit, leg="caller" if side == "a" else "callee", source=source,
+                      ms=digit.duration_ms)
+        if self.publish is None:
+            return
+        self.publish(CallDtmf(at=self.clock.seconds(), call_id=active.call.id, leg="caller" if side == "a" else "callee",
+                              digit=digit.digit, duration_ms=digit.duration_ms, source=source))
+
+    def _info_dtmf(self, active: ActiveCall, leg: Leg, request: Request) -> None:
+        try:
+            digit = parse_sip_info(request.get("Content-Type") or "", request.body)
+        except DtmfError:
+            return
+        if digit is not None:
+            self._dtmf(active, leg.side, digit, "info")
 
     def _refuse(self, request: Request, tx: ServerTransaction, status: int, reason: str, headers=()) -> None:
         response = make_response(request, status, reason, to_tag=new_tag())
@@ -351,7 +444,7 @@ class B2BUA:
         else:
             self._end_unanswered(active, 503, "No Route Available", hangup_side="switch")
 
-    def _b_invite(self, active: ActiveCall, uri: URI, to: URI, destination: Destination) -> Request:
+    def _b_invite(self, active: ActiveCall, uri: URI, to: URI, destination: Destination, body: bytes) -> Request:
         a = active.a_request
         call = active.call
         local_host, local_port = self.contact(destination)
@@ -369,7 +462,7 @@ class B2BUA:
             for value in a.get_all(name):
                 request.add(name, value)
         request.add("User-Agent", self.user_agent)
-        request.body = a.body
+        request.body = body
         return request
 
     def _send_b(self, active: ActiveCall, candidate: Any) -> None:
@@ -380,7 +473,18 @@ class B2BUA:
         call.trunk_name = getattr(candidate, "name", None)
         params = () if destination.transport == "udp" else (("transport", destination.transport),)
         uri = URI("sip", destination.host, candidate.number, None, destination.port, params)
-        request = self._b_invite(active, uri, URI("sip", destination.host, candidate.number), destination)
+        policy = self.media.trunk_policy(candidate.trunk_id) if self.media is not None else MediaPolicy()
+        try:
+            body = self._b_offer(active, policy)
+        except SdpError:  # checked when the call came in
+            self._end_unanswered(active, 488, "Not Acceptable Here", hangup_side="switch")
+            return
+        except NoPorts:
+            self.log.error("call {call}: the media relay has no free ports", call=active.call.id)
+            self._end_unanswered(active, 503, "Service Unavailable", hangup_side="switch",
+                                 headers=(("Retry-After", "5"),))
+            return
+        request = self._b_invite(active, uri, URI("sip", destination.host, candidate.number), destination, body)
         self._fork(active, request, destination)
 
     def _fork(self, active: ActiveCall, request: Request, destination: Destination) -> None:
@@ -411,8 +515,17 @@ class B2BUA:
                 self._end_unanswered(active, 480, "Temporarily Unavailable", hangup_side="callee")
             return
         callee = URI("sip", self.contact(active.a.destination)[0], active.call.callee)
+        # A device whose Contact is not where it registered from is behind NAT: COMEDIA.
+        natted = any((c.uri.host, c.uri.port or 5060) != (c.destination.host, c.destination.port)
+                     for c in delivery.contacts)
+        try:
+            body = self._b_offer(active, MediaPolicy(comedia=natted))
+        except (SdpError, NoPorts):
+            self._end_unanswered(active, 503, "Service Unavailable", hangup_side="switch")
+            return
         for contact in delivery.contacts:  # all contacts ring; the first answer wins
-            self._fork(active, self._b_invite(active, contact.uri, callee, contact.destination), contact.destination)
+            self._fork(active, self._b_invite(active, contact.uri, callee, contact.destination, body),
+                       contact.destination)
         active.no_answer_timer = self.clock.callLater(delivery.no_answer_seconds, self._no_answer, active)
 
     def _no_answer(self, active: ActiveCall) -> None:
@@ -540,7 +653,15 @@ class B2BUA:
             self.log.failure("call {call}: cannot persist the answer", call=call.id)
         if active.ended:
             return
-        ok = self._response_for_a(active.a_request, response, active.a_tag, active.a.destination)
+        ok = self._response_for_a(active.a_request, response, active.a_tag, active.a.destination,
+                                  self._sdp_to(active, "b", response))
+        media = active.media
+        if media is not None:
+            media.mark_answered()
+            if active.policy_a.record or active.policy_b.record:
+                codec = media.codec("b", response.body)
+                media.record(codec, codec)
+                call.recording = media.recording
         active.a_tx.respond(ok)
         active.ok = ok
         if not active.a.destination.reliable:
@@ -565,7 +686,9 @@ class B2BUA:
     # relaying
     # ==================================================================
 
-    def _response_for_a(self, request: Request, response: Response, tag: str, destination: Destination) -> Response:
+    def _response_for_a(
+        self, request: Request, response: Response, tag: str, destination: Destination, body: bytes
+    ) -> Response:
         answer = make_response(request, response.status, response.reason, to_tag=tag)
         local = self.contact(destination)
         if response.status >= 101 and response.status < 300:
@@ -574,11 +697,12 @@ class B2BUA:
             for value in response.get_all(name):
                 answer.add(name, value)
         answer.set("Server", self.user_agent)
-        answer.body = response.body
+        answer.body = body
         return answer
 
     def _relay_to_a(self, active: ActiveCall, response: Response) -> None:
-        active.a_tx.respond(self._response_for_a(active.a_request, response, active.a_tag, active.a.destination))
+        body = self._sdp_to(active, "b", response)
+        active.a_tx.respond(self._response_for_a(active.a_request, response, active.a_tag, active.a.destination, body))
 
     def _forward(self, active: ActiveCall, leg: Leg, request: Request, tx: ServerTransaction) -> None:
         """re-INVITE, UPDATE or INFO from one leg to the other; the answer comes back."""
@@ -587,7 +711,14 @@ class B2BUA:
             tx.respond(make_response(request, 481))
             return
         headers = [(name, value) for name in COPIED_HEADERS for value in request.get_all(name)]
-        out = other.dialog.create_request(request.method, headers=headers, body=request.body)
+        body = request.body
+        if active.media is not None and is_sdp(request.get("Content-Type"), body):
+            try:
+                body = active.media.received(leg.side, body)
+            except SdpError as error:
+                tx.respond(make_response(request, 488, extra_headers=(("Warning", f'399 switchd "{error}"'),)))
+                return
+        out = other.dialog.create_request(request.method, headers=headers, body=body)
 
         def answered(response: Response, ctx: ClientTransaction) -> None:
             if response.status < 101:
@@ -596,7 +727,8 @@ class B2BUA:
                 self.layer.send_ack(other.dialog.ack_for(out.cseq.number), other.destination)
             if request.method in ("INVITE", "UPDATE") and 200 <= response.status < 300:
                 self._start_session_timer(active, response)  # a refresh
-            tx.respond(self._response_for_a(request, response, leg.dialog.local_tag, leg.destination))
+            tx.respond(self._response_for_a(request, response, leg.dialog.local_tag, leg.destination,
+                                            self._sdp_to(active, other.side, response)))
 
         self.layer.request(
             out,
@@ -682,12 +814,15 @@ class B2BUA:
             if leg is not None and leg.dialog is not None:
                 self._dialogs.pop(leg.dialog.id, None)
                 leg.dialog.terminate()
+        if active.media is not None:
+            active.media.close()
         call = active.call
         call.end = self.clock.seconds()
         # Break the per-call reference cycles (transaction -> callback -> call
         # state -> leg -> transaction, call -> hangup -> call) so reference
         # counting frees an ended call at once instead of the cycle collector.
         call.hangup = None
+        call.media_info = None
         for leg in (active.a, active.b, *active.forks):
             if leg is not None:
                 leg.tx = None

@@ -8,6 +8,8 @@ goes to the registrar, methods switchd does not serve get 501 with Allow.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import secrets
 import threading
@@ -15,9 +17,10 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -46,6 +49,8 @@ from .message import (
     new_tag,
     validate_request,
 )
+from ..media.relay import MediaRelay, PortAllocator
+from .media import MediaManager
 from .protection import Protection
 from .registrar import Registrar
 from .transaction import Destination, ServerTransaction, TransactionLayer
@@ -135,6 +140,18 @@ class _SipCollector:
                 1 if registration.state == "registered" else 0,
             )
         yield registered
+        if s.media is not None:
+            stats = s.media.relay.stats()
+            yield GaugeMetricFamily("switchd_media_sessions", "Relay sessions open (one per call and m= line)",
+                                    value=stats["sessions"])
+            yield GaugeMetricFamily("switchd_media_ports_free", "RTP/RTCP port pairs free in [media] range",
+                                    value=stats["ports_free"])
+            packets = CounterMetricFamily("switchd_media_packets", "RTP and RTCP packets through the relay",
+                                          labels=["kind"])
+            for kind in ("packets_in", "packets_relayed", "rtcp", "dropped", "send_errors"):
+                packets.add_metric([kind], stats[kind])
+            yield packets
+            yield CounterMetricFamily("switchd_media_bytes", "RTP bytes received by the relay", value=stats["bytes"])
 
 
 class SIPService(Service):
@@ -240,6 +257,7 @@ class SIPService(Service):
         self.node = node
         self._numbers: dict[str, tuple[Any, list[int]]] = {}
         self.calls = CallRegistry(bus, reactor)
+        self.media = self._media(config, reactor, state_dir)
         codes = set()
         for code in sip.failover_codes:
             if not code.isdigit() or not 300 <= int(code) <= 699:
@@ -260,9 +278,43 @@ class SIPService(Service):
             deliver=self._delivery,
             user_agent=sip.user_agent,
             max_calls_in_setup=sip.max_calls_in_setup,
+            media=self.media,
+            publish=bus.publish,
         )
         registry.register(_SipCollector(self))
         self._loops: list[LoopingCall] = []
+
+    def _media(self, config: Config, reactor, state_dir: str) -> MediaManager | None:
+        """The RTP relay of [media], bound next to the first SIP listener unless told otherwise."""
+        media = config.media
+        if not media.enabled:
+            return None
+        listen = media.listen or next((spec.interface for spec in self.specs if spec.interface), "") or "0.0.0.0"
+        try:
+            ipaddress.ip_address(listen)
+        except ValueError:
+            raise ConfigError(config.source, f"{listen!r} is not an IP address", "media", "listen") from None
+        advertise = media.advertise or config.sip.advertise
+        if not advertise:
+            advertise = listen if listen not in ("0.0.0.0", "::") else SIPTransport._route_source("192.0.2.1")
+        relay = MediaRelay(
+            reactor,
+            listen,
+            PortAllocator(media.port_min, media.port_max),
+            timeout=media.timeout or math.inf,
+            hold_timeout=media.hold_timeout or math.inf,
+            strict_source=media.strict_source,
+        )
+        pool = reactor.getThreadPool()
+        return MediaManager(
+            reactor,
+            relay,
+            advertise=advertise,
+            recordings_dir=media.recordings_dir or os.path.join(state_dir, "recordings"),
+            run_in_thread=lambda f: deferToThreadPool(reactor, pool, f),
+            trunk_policy=lambda trunk_id: self.trunks.media_policy(trunk_id),
+            now=self._now,
+        )
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -331,6 +383,8 @@ class SIPService(Service):
         self.trunks.stop()
         self.registrar.stop()
         self.traces.stop()
+        if self.media is not None:
+            self.media.relay.close_all()
         # Give unregistrations a moment to leave before the sockets close.
         from twisted.internet.task import deferLater
 
@@ -512,6 +566,7 @@ class SIPService(Service):
             reason=call.reason or None,
             rate=call.rate,
             currency=call.currency,
+            recording=call.recording,
         )
 
     async def _on_answer(self, call: Call) -> None:

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from ..core.events import EventBus, TrunkReachabilityChanged, TrunkRegistrationChanged
 from ..store.models import sip_connections, trunks
+from .media import MediaPolicy
 from .digest import DigestClient, DigestError, parse_challenge
 from .message import Address, Request, Response, URI, new_tag
 from .transaction import ClientTransaction, Destination, TransactionLayer
@@ -63,6 +64,9 @@ class TrunkSettings:
     strip_digits: int = 0
     add_prefix: str = ""
     e164: bool = False
+    comedia: bool = False
+    voice_record: bool = False
+    media_bypass: bool = False
 
     @property
     def destination(self) -> Destination:
@@ -104,6 +108,9 @@ def load_settings(conn: Connection) -> list[TrunkSettings]:
             sip_connections.c.strip_digits,
             sip_connections.c.add_prefix,
             sip_connections.c.e164,
+            sip_connections.c.comedia,
+            sip_connections.c.voice_record,
+            sip_connections.c.media_bypass,
         )
         .select_from(sip_connections.join(trunks, sip_connections.c.trunk_id == trunks.c.id))
         .where(trunks.c.enabled.is_(True))
@@ -499,6 +506,15 @@ class TrunkManager:
     def force_rport(self, host: str) -> bool:
         s = self.identify(host)
         return s is not None and s.force_rport
+
+    def media_policy(self, trunk_id: int | None) -> MediaPolicy:
+        """COMEDIA, recording and bypass for a trunk: any of its SIP connections asking for one."""
+        connections = [s for s in self.settings.values() if s.trunk_id == trunk_id]
+        return MediaPolicy(
+            comedia=any(s.comedia for s in connections),
+            record=any(s.voice_record for s in connections),
+            bypass=bool(connections) and all(s.media_bypass for s in connections),
+        )
 
     def logging_trunk(self, host: str) -> str | None:
         s = self.identify(host)

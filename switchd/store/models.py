@@ -304,6 +304,8 @@ sip_connections = Table(
     Column("strip_digits", Integer, nullable=False, default=0),
     Column("add_prefix", String(16), nullable=False, default=""),
     Column("e164", Boolean, nullable=False, default=False),
+    # Leave the media to the endpoints (no relay) when the caller is reachable.
+    Column("media_bypass", Boolean, nullable=False, default=False),
     _created(),
     _updated(),
 )
