@@ -12,6 +12,7 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.server import Site
 
@@ -169,6 +170,8 @@ def make_service(config: Config, reactor) -> MultiService:
         trunk_status=sip.trunk_status if sip is not None else None,
         calls=sip.b2bua if sip is not None else None,
         call_registry=sip.calls if sip is not None else None,
+        recordings_dir=config.media.recordings_dir or os.path.join(state_dir, "recordings"),
+        run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
     )
     site = Site(api.resource())
     site.displayTracebacks = False

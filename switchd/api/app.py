@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import time
 from typing import Any, Callable
 
@@ -85,7 +86,11 @@ class ProvisioningAPI:
         trunk_status: Callable[[int], dict[str, Any] | None] | None = None,
         calls: Any = None,
         call_registry: Any = None,
+        recordings_dir: str | None = None,
+        run_in_thread: Callable[[Callable[[], Any]], Deferred] | None = None,
     ) -> None:
+        self.recordings_dir = recordings_dir
+        self.run_in_thread = run_in_thread
         self.sip_realm = sip_realm
         self.trunk_status = trunk_status
         self.calls = calls
@@ -325,6 +330,9 @@ class ProvisioningAPI:
         app.route("/v1/calls/<string:id>", methods=["DELETE"], endpoint="deleteCall")(
             self._handler("/v1/calls/{id}", self.drop_call)
         )
+        app.route("/v1/cdrs/<string:id>/recording", methods=["GET"], endpoint="getCdrRecording")(
+            self._handler("/v1/cdrs/{id}/recording", self.cdr_recording)
+        )
         app.route("/health", methods=["GET"], endpoint="health")(self._handler("/health", self.health, auth=False))
         app.route("/metrics", methods=["GET"], endpoint="metrics")(self._handler("/metrics", self.metrics_text, auth=False))
         app.route("/openapi.yaml", methods=["GET"], endpoint="openapi")(
@@ -519,6 +527,34 @@ class ProvisioningAPI:
         if self.calls is None or not self.calls.hangup(call.id, "api"):
             raise Problem(404, "no such active call")
         return 204, None
+
+    async def cdr_recording(self, request, principal, id):
+        """The call's WAV recording, streamed in chunks read off the reactor thread."""
+        cdr = await self.db.run(crud.get, "cdrs", principal, self._object_id(id))  # 404 if not the caller's
+        name = cdr.get("recording")
+        if not name or self.recordings_dir is None or self.run_in_thread is None:
+            raise Problem(404, "this call was not recorded")
+        root = os.path.realpath(self.recordings_dir)
+        path = os.path.realpath(os.path.join(root, name))
+        if not path.startswith(root + os.sep):
+            raise Problem(404, "this call was not recorded")
+        try:
+            handle = await self.run_in_thread(lambda: open(path, "rb"))  # noqa: SIM115 - closed below
+        except OSError:
+            raise Problem(404, "the recording file is no longer there") from None
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            request.setHeader("Content-Type", "audio/wav")
+            request.setHeader("Content-Length", str(size))
+            request.setHeader("Content-Disposition", f'attachment; filename="{os.path.basename(path)}"')
+            while True:
+                chunk = await self.run_in_thread(lambda: handle.read(256 * 1024))
+                if not chunk:
+                    break
+                request.write(chunk)
+        finally:
+            self.run_in_thread(handle.close)
+        return 200, b""
 
     # -- operations -----------------------------------------------------------
 

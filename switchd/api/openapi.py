@@ -280,6 +280,19 @@ def document() -> dict[str, Any]:
             },
         },
     }
+    paths["/v1/cdrs/{id}/recording"] = {
+        "parameters": [ID_PARAM],
+        "get": {
+            "operationId": "getCdrRecording",
+            "tags": ["cdrs"],
+            "summary": "The call's recording: stereo WAV, 8 kHz 16-bit, caller left, callee right",
+            "responses": {
+                "200": {"description": "The WAV file",
+                        "content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}},
+                **_problem_responses(401, 403, 404),
+            },
+        },
+    }
     schemas["TrunkStatus"] = {
         "type": "object",
         "properties": {

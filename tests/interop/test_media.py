@@ -1,0 +1,217 @@
+"""Media through the relay between SIPp peers: SIPp plays its A-law stream
+and an RFC 2833 digit as the caller, a SIPp trunk echoes every RTP packet
+back (``-rtp_echo``), and switchd sits in the media path."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import subprocess
+import urllib.request
+import wave
+import warnings
+from pathlib import Path
+
+import pytest
+
+from ..daemon import Daemon
+from .test_calls import CUSTOMER_IP, SCENARIOS, Network, errors
+from .test_sip_peers import Api, free_port
+
+PCAP_DIR = Path("/usr/share/sip-tester")
+STREAM = PCAP_DIR / "g711a.pcap"  # 236 packets of 30 ms A-law, 7.05 s
+DIGIT = PCAP_DIR / "dtmf_2833_1.pcap"  # the digit 1 as RFC 2833 events, payload type 101
+WRONG_ADDRESS = "192.0.2.55"  # TEST-NET-1: nothing answers there
+
+
+def pcap_payloads(path: Path) -> list[bytes]:
+    """The RTP payloads of a pcap file (Ethernet, IPv4, UDP, RTP without CSRCs)."""
+    data = path.read_bytes()
+    offset, payloads = 24, []
+    while offset < len(data):
+        _, _, length, _ = struct.unpack("<IIII", data[offset:offset + 16])
+        packet = data[offset + 16:offset + 16 + length]
+        offset += 16 + length
+        payloads.append(packet[14 + 20 + 8 + 12:])
+    return payloads
+
+
+def metric(daemon: Daemon, name: str) -> float:
+    with urllib.request.urlopen(daemon.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert match, f"{name} not in /metrics"
+    return float(match.group(1))
+
+
+class MediaNetwork(Network):
+    def echo_vendor(self, name: str = "vendor-echo", **connection) -> dict:
+        return self.vendor(name, "127.0.0.3", "uas_echo.xml", extra=("-rtp_echo", "-mp", str(free_port())),
+                           **connection)
+
+    def media_call(self, media_addr: str = CUSTOMER_IP, calls: int = 1, rate: float = 1,
+                   timeout: float = 120) -> subprocess.Popen:
+        port = self.daemon.listeners[("sip", "udp")]
+        return subprocess.Popen(
+            ["sipp", "-sf", str(SCENARIOS / "uac_pcap.xml"), f"127.0.0.1:{port}", "-s", "4420712345",
+             "-i", CUSTOMER_IP, "-p", "0", "-mp", str(free_port()), "-m", str(calls), "-r", str(rate),
+             "-l", str(max(calls, 1)), "-key", "media_addr", media_addr, "-key", "pcap", str(STREAM),
+             "-key", "dtmf", str(DIGIT), "-nostdin", "-trace_err"],
+            cwd=self.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def active(self) -> list[dict]:
+        return self.api("GET", "/v1/calls")[1]["items"]
+
+    def customer_connection(self, **changes) -> None:
+        [connection] = [c for c in self.api("GET", "/v1/connections/sip?limit=100")[1]["items"]
+                        if c["trunk_id"] == self.inbound_trunk_id()]
+        status, body = self.api("PATCH", f"/v1/connections/sip/{connection['id']}", changes)
+        assert status == 200, body
+
+    def inbound_trunk_id(self) -> int:
+        [trunk] = [t for t in self.api("GET", "/v1/trunks?limit=100")[1]["items"] if t["name"] == "acme-in"]
+        return trunk["id"]
+
+
+@pytest.fixture
+def media(tmp_path):
+    daemon = Daemon(tmp_path, env={"SWITCHD_SIP_LISTEN": "udp:0:interface=127.0.0.1",
+                                   "SWITCHD_SIP_RELOAD_SECONDS": "1",
+                                   "SWITCHD_MEDIA_PORT_MIN": "41000", "SWITCHD_MEDIA_PORT_MAX": "41999"})
+    daemon.start(expect=("api", "sip"))
+    net = MediaNetwork(daemon, Api(daemon), tmp_path)
+    net.topup("10")
+    yield net
+    net.close()
+    daemon.stop()
+
+
+def finish(process: subprocess.Popen, tmp_path: Path, timeout: float = 60) -> None:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-2000:] + errors(tmp_path)
+
+
+def wait_media(net: MediaNetwork, check, what: str, timeout: float = 20) -> dict:
+    def ready():
+        for call in net.active():
+            if call["media"] and check(call):
+                return call
+        return None
+
+    return net.api.wait_for(ready, what, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_audio_flows_both_ways_the_digit_is_heard_and_ports_come_back(media, tmp_path):
+    free_before = metric(media.daemon, "switchd_media_ports_free")
+    media.echo_vendor()
+    media.settle()
+    caller = media.media_call()
+    # Both parties' packets reach the relay and are sent on: the caller's
+    # stream to the trunk, the trunk's echo back to the caller.
+    call = wait_media(media, lambda c: c["media"][0]["caller"]["packets_out"] > 50
+                      and c["media"][0]["callee"]["packets_out"] > 50, "two-way audio")
+    session = call["media"][0]
+    assert session["caller"]["packets_in"] > 50 and session["callee"]["packets_in"] > 50
+    assert session["caller"]["remote"].startswith(f"{CUSTOMER_IP}:")  # the caller's SDP address
+    assert session["callee"]["remote"].startswith("127.0.0.3:")
+    # The digit is heard from the caller, and again from the trunk that echoes it.
+    call = wait_media(media, lambda c: c["dtmf"] == "11", "the digit 1 from both sides", timeout=20)
+    finish(caller, tmp_path)
+    [cdr] = media.wait_cdrs(1)
+    assert cdr["sip_code"] == 200 and cdr["billable_seconds"] >= 9
+    log = (tmp_path / "switchd.log").read_text()
+    assert "DTMF 1 from the caller (rfc4733" in log and "DTMF 1 from the callee (rfc4733" in log
+    # Every port is back, no session is left.
+    media.api.wait_for(lambda: metric(media.daemon, "switchd_media_sessions") == 0, "sessions closed")
+    assert metric(media.daemon, "switchd_media_ports_free") == free_before
+    assert metric(media.daemon, 'switchd_media_packets_total{kind="packets_relayed"}') > 400
+
+
+@pytest.mark.slow
+def test_comedia_sends_to_the_source_when_the_sdp_address_is_wrong(media, tmp_path):
+    media.echo_vendor()
+    media.customer_connection(comedia=True)
+    media.settle()
+    caller = media.media_call(media_addr=WRONG_ADDRESS)
+    call = wait_media(media, lambda c: c["media"][0]["caller"]["latched"]
+                      and c["media"][0]["caller"]["packets_out"] > 50, "the caller's leg latched")
+    leg = call["media"][0]["caller"]
+    assert leg["comedia"] is True
+    host, _, port = leg["remote"].rpartition(":")
+    assert host == CUSTOMER_IP and int(port) > 0  # where SIPp's RTP comes from, not 192.0.2.55
+    finish(caller, tmp_path)
+
+
+@pytest.mark.slow
+def test_without_comedia_the_sdp_address_is_used(media, tmp_path):
+    media.echo_vendor()
+    media.settle()
+    caller = media.media_call(media_addr=WRONG_ADDRESS)
+    call = wait_media(media, lambda c: c["media"][0]["caller"]["packets_in"] > 50, "caller's packets")
+    leg = call["media"][0]["caller"]
+    assert leg["comedia"] is False and leg["remote"].startswith(f"{WRONG_ADDRESS}:")
+    finish(caller, tmp_path)
+
+
+@pytest.mark.slow
+def test_recording_holds_the_known_stream_on_the_caller_channel(media, tmp_path):
+    media.echo_vendor(voice_record=True)
+    media.settle()
+    finish(media.media_call(), tmp_path)
+    [cdr] = media.wait_cdrs(1)
+    assert cdr["recording"] and cdr["recording"].endswith(".wav")
+    request = urllib.request.Request(f"{media.daemon.url}/v1/cdrs/{cdr['id']}/recording",
+                                     headers={"Authorization": f"Bearer {media.api.key}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"] == "audio/wav"
+        data = response.read()
+    with wave.open(io.BytesIO(data)) as wav:
+        assert (wav.getnchannels(), wav.getframerate(), wav.getsampwidth()) == (2, 8000, 2)
+        frames = wav.readframes(wav.getnframes())
+        seconds = wav.getnframes() / 8000
+    # From the first audio packet to the last: the 7.05 s stream (telephone
+    # events are not audio; the silence after the last packet is not padded).
+    assert 7.0 <= seconds <= 7.6, seconds
+    samples = struct.unpack(f"<{len(frames) // 2}h", frames)
+    left, right = samples[0::2], samples[1::2]
+    # The caller's channel holds SIPp's stream sample for sample, decoded by
+    # an independent G.711 implementation (the standard library's).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+    expected = struct.unpack_from("<2400h", audioop.alaw2lin(b"".join(pcap_payloads(STREAM)[20:30]), 2))
+    joined = struct.pack(f"<{len(left)}h", *left)
+    assert struct.pack("<2400h", *expected) in joined, "the caller's stream is not in the left channel"
+    # The trunk echoed it: the callee's channel carries sound too.
+    assert sum(abs(s) for s in right) / len(right) > 100
+    # Another customer's key cannot fetch it.
+    other = media.api.post("/v1/customers", {"name": "Other"})
+    key = media.api.post("/v1/api-keys", {"customer_id": other["id"], "name": "other"})["key"]
+    request = urllib.request.Request(f"{media.daemon.url}/v1/cdrs/{cdr['id']}/recording",
+                                     headers={"Authorization": f"Bearer {key}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 404
+
+
+@pytest.mark.slow
+def test_a_call_without_media_is_ended_by_the_media_timeout(tmp_path):
+    daemon = Daemon(tmp_path, env={"SWITCHD_SIP_LISTEN": "udp:0:interface=127.0.0.1",
+                                   "SWITCHD_SIP_RELOAD_SECONDS": "1", "SWITCHD_MEDIA_TIMEOUT": "3"})
+    daemon.start(expect=("api", "sip"))
+    net = Network(daemon, Api(daemon), tmp_path)
+    try:
+        net.topup("10")
+        net.vendor("vendor-a", "127.0.0.3", "uas_answer.xml")
+        net.settle()
+        result = net.call("uac_wait_bye.xml", calls=1, rate=1, timeout=60)
+        assert result.returncode == 0, result.stdout[-2000:] + errors(tmp_path)
+        [cdr] = net.wait_cdrs(1)
+        assert cdr["reason"] == "media timeout" and cdr["hangup_side"] == "switch"
+        assert 3 <= cdr["billable_seconds"] <= 6
+    finally:
+        net.close()
+        daemon.stop()
