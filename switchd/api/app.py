@@ -27,6 +27,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from .. import __version__
+from ..media.prompts import PromptError
 from ..billing import ledger as ledger_mod
 from ..store.db import Database
 from ..store.models import idempotency_keys, ledger
@@ -36,6 +37,7 @@ from .openapi import document
 from .problem import PROBLEM_JSON, Problem, invalid
 from .resources import ACCOUNTS, COLLECTIONS, TRANSACTIONS
 from .schema import WriteContext, coerce, render, validate
+from .sms import SmsRoutes
 
 JSON = "application/json"
 MAX_ID = 2**63 - 1
@@ -86,6 +88,7 @@ class ProvisioningAPI:
         trunk_status: Callable[[int], dict[str, Any] | None] | None = None,
         calls: Any = None,
         call_registry: Any = None,
+        messages: Any = None,
         recordings_dir: str | None = None,
         run_in_thread: Callable[[Callable[[], Any]], Deferred] | None = None,
     ) -> None:
@@ -104,6 +107,7 @@ class ProvisioningAPI:
         self.metrics = ApiMetrics(registry)
         self.openapi_yaml = openapi_yaml()
         self.app = Klein()
+        self.sms = SmsRoutes(self, messages, cache_seconds=auth_cache_seconds)
         self._routes()
 
     def resource(self):
@@ -330,9 +334,16 @@ class ProvisioningAPI:
         app.route("/v1/calls/<string:id>", methods=["DELETE"], endpoint="deleteCall")(
             self._handler("/v1/calls/{id}", self.drop_call)
         )
+        app.route("/v1/calls/<string:id>/playback", methods=["POST"], endpoint="startPlayback")(
+            self._handler("/v1/calls/{id}/playback", self.start_playback)
+        )
+        app.route("/v1/calls/<string:id>/playback", methods=["DELETE"], endpoint="stopPlayback")(
+            self._handler("/v1/calls/{id}/playback", self.stop_playback)
+        )
         app.route("/v1/cdrs/<string:id>/recording", methods=["GET"], endpoint="getCdrRecording")(
             self._handler("/v1/cdrs/{id}/recording", self.cdr_recording)
         )
+        self.sms.mount()
         app.route("/health", methods=["GET"], endpoint="health")(self._handler("/health", self.health, auth=False))
         app.route("/metrics", methods=["GET"], endpoint="metrics")(self._handler("/metrics", self.metrics_text, auth=False))
         app.route("/openapi.yaml", methods=["GET"], endpoint="openapi")(
@@ -526,6 +537,72 @@ class ProvisioningAPI:
         call = await self._find_call(principal, id)
         if self.calls is None or not self.calls.hangup(call.id, "api"):
             raise Problem(404, "no such active call")
+        return 204, None
+
+    def _call_media(self, call_id: str):
+        media = self.calls.media_of(call_id) if self.calls is not None else None
+        if media is None or media.closed:
+            raise Problem(409, "the call is not answered or its media is not relayed through switchd")
+        return media
+
+    async def start_playback(self, request, principal, id):
+        """Play an announcement or a spoken text to one leg of an answered call."""
+        call = await self._find_call(principal, id)
+        body = self._body(request)
+        errors = []
+        if not isinstance(body, dict):
+            raise invalid([{"field": "", "message": "expected a JSON object"}])
+        unknown = set(body) - {"leg", "announcement", "text", "language", "interruptible"}
+        errors += [{"field": name, "message": "unknown field"} for name in sorted(unknown)]
+        leg = body.get("leg")
+        if leg not in ("caller", "callee"):
+            errors.append({"field": "leg", "message": "must be caller or callee"})
+        announcement, text = body.get("announcement"), body.get("text")
+        if (announcement is None) == (text is None):
+            errors.append({"field": "announcement", "message": "give exactly one of announcement and text"})
+        if announcement is not None and not (isinstance(announcement, str) and len(announcement) == 8
+                                             and announcement.isdigit()):
+            errors.append({"field": "announcement", "message": "must be an 8-digit announcement id"})
+        if text is not None and not (isinstance(text, str) and 0 < len(text.strip()) <= 1000):
+            errors.append({"field": "text", "message": "must be 1 to 1000 characters"})
+        language = body.get("language", "en")
+        if language not in ("en", "es", "fr", "vi", "zh"):
+            errors.append({"field": "language", "message": "must be one of en, es, fr, vi, zh"})
+        interruptible = body.get("interruptible", True)
+        if not isinstance(interruptible, bool):
+            errors.append({"field": "interruptible", "message": "must be a boolean"})
+        if errors:
+            raise invalid(errors)
+        media = self._call_media(call.id)
+        prompts = media.manager.prompts
+        if prompts is None:
+            raise Problem(409, "prompts are not available on this node")
+        try:
+            if announcement is not None:
+                prompt = await prompts.announcement(announcement, language)
+            else:
+                prompt = await prompts.speak(text, language)
+        except PromptError as error:
+            raise Problem(422, str(error)) from None
+        side = "a" if leg == "caller" else "b"
+        try:
+            played = media.play(side, [prompt], interruptible=interruptible)
+        except ValueError as error:
+            raise Problem(409, str(error)) from None
+        played.addCallback(lambda result: self.log.info(
+            "call {call}: playback to the {leg} {result}", call=call.id, leg=leg, result=result))
+        played.addErrback(lambda f: self.log.failure("call {call}: playback failed", f, call=call.id))
+        return 202, {"call_id": call.id, "leg": leg, "seconds": round(prompt.duration, 2)}
+
+    async def stop_playback(self, request, principal, id):
+        call = await self._find_call(principal, id)
+        leg = request.args.get(b"leg", [b""])[-1].decode("utf-8", "replace") or None
+        if leg not in (None, "caller", "callee"):
+            raise invalid([{"field": "leg", "message": "must be caller or callee"}])
+        media = self._call_media(call.id)
+        side = None if leg is None else ("a" if leg == "caller" else "b")
+        if not media.stop_playing(side):
+            raise Problem(404, "nothing is playing")
         return 204, None
 
     async def cdr_recording(self, request, principal, id):

@@ -228,6 +228,89 @@ def _transactions() -> dict[str, Any]:
     return {"/v1/accounts/{id}/transactions": path}, schemas
 
 
+def _sms_paths(schemas: dict[str, Any]) -> dict[str, Any]:
+    """``/v1/sms``: send with an HTTP connection's API key, read the state back."""
+    number = {"type": "string", "pattern": "^\\+?[0-9]{1,20}$"}
+    schemas["SmsCreate"] = {
+        "type": "object",
+        "description": "A message to send. The text goes in the GSM 7-bit alphabet when it can, else UCS2, "
+        "unless data_coding says otherwise.",
+        "properties": {
+            "from": {"description": "Sender: a number, or 1 to 11 letters, digits, spaces or ._&-.",
+                     "anyOf": [number, {"type": "string", "pattern": "^[A-Za-z0-9 ._&-]{1,11}$"}]},
+            "to": dict(number, description="Destination number; a leading '+' is dropped."),
+            "text": {"type": "string", "minLength": 1, "maxLength": 16384},
+            "data_coding": {"type": "integer", "minimum": 0, "maximum": 255,
+                            "description": "SMPP data_coding of a text alphabet (0 GSM, 1 IA5, 3 Latin-1, "
+                            "6 Cyrillic, 7 Hebrew, 8 UCS2, ...); binary codings are refused."},
+            "registered_delivery": {"type": "integer", "minimum": 0, "maximum": 31,
+                                    "description": "SMPP registered_delivery kept with the message."},
+            "client_reference": {"type": "string", "minLength": 1, "maxLength": 64,
+                                 "description": "Your own id, echoed in status callbacks."},
+        },
+        "required": ["from", "to", "text"],
+        "additionalProperties": False,
+    }
+    schemas["SmsAccepted"] = {
+        "type": "object",
+        "description": "The message is stored; it is sent from here on.",
+        "properties": {
+            "id": {"type": "string"},
+            "parts": {"type": "integer", "minimum": 1},
+            "client_reference": {"type": ["string", "null"]},
+        },
+        "required": ["id", "parts", "client_reference"],
+        "additionalProperties": False,
+    }
+    schemas["Sms"] = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"type": "string", "enum": ["ENROUTE", "DELIVERED", "EXPIRED", "DELETED", "UNDELIVERABLE",
+                                                 "ACCEPTED", "UNKNOWN", "REJECTED"]},
+            "parts": {"type": "integer"},
+            "error_code": {"type": ["integer", "null"]},
+            "from": {"type": "string"},
+            "to": {"type": "string"},
+            "submitted_at": {"type": "string", "format": "date-time"},
+            "done_at": {"type": ["string", "null"], "format": "date-time"},
+        },
+        "required": ["id", "state", "parts", "error_code", "from", "to", "submitted_at", "done_at"],
+        "additionalProperties": False,
+    }
+    message_id = {"name": "id", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}}
+    return {
+        "/v1/sms": {
+            "post": {
+                "operationId": "sendSms",
+                "tags": ["sms"],
+                "summary": "Send an SMS (API key of an HTTP connection)",
+                "description": "201 once the message is stored. Refusals carry smpp_status and reason: "
+                "400 no route or bad number, 402 insufficient funds, 429 limits, 503 storage.",
+                "parameters": [IDEMPOTENCY],
+                "requestBody": {"required": True, "content": _json("SmsCreate")},
+                "responses": {
+                    "201": {"description": "Stored", "content": _json("SmsAccepted")},
+                    **_problem_responses(400, 401, 402, 403, 409, 413, 415, 422, 429, 503),
+                },
+            }
+        },
+        "/v1/sms/{id}": {
+            "parameters": [message_id],
+            "get": {
+                "operationId": "getSms",
+                "tags": ["sms"],
+                "summary": "State of a message sent with this HTTP connection's key",
+                "responses": {
+                    "200": {"description": "The message", "content": _json("Sms")},
+                    **_problem_responses(401, 403, 404, 503),
+                },
+            },
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {
@@ -278,6 +361,45 @@ def document() -> dict[str, Any]:
                 "200": {"description": "Live state", "content": _json("TrunkStatus")},
                 **_problem_responses(401, 403, 404),
             },
+        },
+    }
+    paths["/v1/calls/{id}/playback"] = {
+        "parameters": [{"name": "id", "in": "path", "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"}}],
+        "post": {
+            "operationId": "startPlayback",
+            "tags": ["calls"],
+            "summary": "Play an announcement (8-digit id) or a spoken text to one leg of an answered call",
+            "description": "The other party's audio to that leg is muted while it plays; a digit pressed "
+                           "by the listener interrupts an interruptible playback.",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "leg": {"type": "string", "enum": ["caller", "callee"]},
+                    "announcement": {"type": "string", "pattern": "^[0-9]{8}$"},
+                    "text": {"type": "string", "minLength": 1, "maxLength": 1000},
+                    "language": {"type": "string", "enum": ["en", "es", "fr", "vi", "zh"], "default": "en"},
+                    "interruptible": {"type": "boolean", "default": True},
+                },
+                "required": ["leg"],
+            }}}},
+            "responses": {
+                "202": {"description": "Playing", "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "properties": {"call_id": {"type": "string"}, "leg": {"type": "string"},
+                                   "seconds": {"type": "number"}},
+                    "required": ["call_id", "leg", "seconds"],
+                }}}},
+                **_problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
+            },
+        },
+        "delete": {
+            "operationId": "stopPlayback",
+            "tags": ["calls"],
+            "summary": "Stop what is playing on the call (one leg with ?leg=)",
+            "parameters": [{"name": "leg", "in": "query", "schema": {"type": "string", "enum": ["caller", "callee"]}}],
+            "responses": {"204": {"description": "Stopped"}, **_problem_responses(401, 403, 404, 409, 422)},
         },
     }
     paths["/v1/cdrs/{id}/recording"] = {
@@ -409,6 +531,7 @@ def document() -> dict[str, Any]:
             "responses": {"204": {"description": "Ended"}, **_problem_responses(401, 404)},
         },
     }
+    paths.update(_sms_paths(schemas))
     paths["/health"] = {
         "get": {
             "operationId": "health",

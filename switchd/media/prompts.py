@@ -84,6 +84,19 @@ _AU_NAMES = {2: "8-bit linear", 4: "24-bit linear", 5: "32-bit linear", 6: "floa
 _BIG_ENDIAN = sys.byteorder == "big"
 
 
+#: Texts spoken for the seeds' built-in announcements when no file is installed.
+BUILTIN_TEXTS: dict[str, dict[str, str]] = {
+    # 00080002: the default announcement to user 1 of a callback (seed 003, IIF ann_id1).
+    "00080002": {
+        "en": "Please wait, we are connecting your call.",
+        "es": "Por favor espere, estamos conectando su llamada.",
+        "fr": "Veuillez patienter, nous connectons votre appel.",
+        "vi": "Xin vui lòng chờ, chúng tôi đang kết nối cuộc gọi của bạn.",
+        "zh": "请稍候，我们正在为您接通电话。",
+    },
+}
+
+
 class PromptError(Exception):
     """An announcement that cannot be had: bad id, bad file, no TTS."""
 

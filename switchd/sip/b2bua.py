@@ -252,6 +252,13 @@ class B2BUA:
                 return True
         return False
 
+    def media_of(self, call_id: str) -> CallMedia | None:
+        """The relayed media of an answered call (prompts from the API)."""
+        for active, _ in self._dialogs.values():
+            if active.call.id == call_id:
+                return active.media
+        return None
+
     def __len__(self) -> int:
         return len(self._invites) + len({id(a) for a, _ in self._dialogs.values()})
 
@@ -397,6 +404,8 @@ class B2BUA:
     def _dtmf(self, active: ActiveCall, side: str, digit: DtmfDigit, source: str) -> None:
         call = active.call
         call.dtmf += digit.digit
+        if active.media is not None:
+            active.media.interrupt(side)
         self.log.info("call {call}: DTMF {digit} from the {leg} ({source}, {ms} ms)", call=call.id,
                       digit=digit.digit, leg="caller" if side == "a" else "callee", source=source,
                       ms=digit.duration_ms)

@@ -30,6 +30,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..media.dtmf import DtmfDigit
+from ..media.g711 import codec_for
+from ..media.player import Player, Prompt
+from ..media.prompts import PromptLibrary
 from ..media.recorder import CallRecorder
 from ..media.relay import MediaRelay, MediaSession
 from ..media.sdp import OriginKeeper, SdpError, SessionDescription, rewrite
@@ -76,6 +79,9 @@ class CallMedia:
         self.answered = False
         self.recorder: CallRecorder | None = None
         self.recording: str | None = None
+        # What each side sends (first audio format of its SDP): a prompt is played in it.
+        self.formats: dict[str, tuple[int, str]] = {}
+        self.players: dict[str, Player] = {}
         # One o= line per direction we send SDP in (RFC 3264 8: versions move on change only).
         self._keepers = {side: OriginKeeper(address=manager.advertise) for side in SIDES}
         # What each side's relay legs were last told (address, port, rtcp, o= version).
@@ -111,6 +117,8 @@ class CallMedia:
                                comedia=self.comedia[side])
                 self._remotes[(index, side)] = seen
             leg.telephone_event_pt = media.telephone_event_pt
+            if index == 0 and media.media == "audio":
+                self._note_format(side, media)
             ports.append(session.leg(other).local_port)
         self.held = any(media.is_hold for media in sdp.media if not media.rejected) or sdp.is_hold
         for session in self.sessions:
@@ -134,6 +142,61 @@ class CallMedia:
                 encoding = media.rtpmap.get(pt)
                 return encoding[0].upper() if encoding else None
         return None
+
+    def _note_format(self, side: str, media: Any) -> None:
+        for fmt in media.formats:
+            try:
+                pt = int(fmt)
+            except ValueError:
+                continue
+            encoding = media.rtpmap.get(pt)
+            if encoding and encoding[0].upper() in G711:
+                self.formats[side] = (pt, encoding[0].upper())
+                return
+
+    # -- prompts --------------------------------------------------------------
+
+    def play(self, side: str, prompts: list[Prompt], *, interruptible: bool = True) -> Deferred:
+        """Play ``prompts`` to ``side``'s party; fires "done", "stopped" or "interrupted".
+
+        The other party's audio to that side is muted meanwhile. A digit
+        pressed by ``side`` interrupts an interruptible prompt. Raises
+        ValueError when the call has no relayed G.711 audio towards ``side``.
+        """
+        session = self.sessions[0] if self.sessions and not self.bypass else None
+        if session is None or self.closed:
+            raise ValueError("the call's media is not relayed")
+        if side not in self.formats:
+            raise ValueError(f"the {side} leg negotiated no G.711 audio")
+        leg = session.leg(side)
+        player = self.players.get(side)
+        if player is None:
+            pt, codec = self.formats[side]
+            player = Player(self.manager.clock, leg.send, pt, codec_for(codec))
+            self.players[side] = player
+        leg.muted = True
+        d = player.play_many(prompts, interruptible=interruptible)
+
+        def unmute(result):
+            if not player.playing and not self.closed:
+                leg.muted = False
+            return result
+
+        return d.addBoth(unmute)
+
+    def stop_playing(self, side: str | None = None) -> bool:
+        stopped = False
+        for name, player in self.players.items():
+            if (side is None or name == side) and player.playing:
+                player.stop()
+                stopped = True
+        return stopped
+
+    def interrupt(self, side: str) -> None:
+        """A digit from ``side`` cuts short the prompt it is hearing."""
+        player = self.players.get(side)
+        if player is not None and player.playing:
+            player.interrupt()
 
     def mark_answered(self) -> None:
         """From now on a media silence ends the call; the idle time counts from the answer."""
@@ -192,6 +255,9 @@ class CallMedia:
         if self.closed:
             return succeed(None)
         self.closed = True
+        for player in self.players.values():
+            player.stop()
+        self.players.clear()
         for session in self.sessions:
             if session is not None:
                 session.tap = None
@@ -253,7 +319,9 @@ class MediaManager:
         run_in_thread: Callable[[Callable[[], Any]], Deferred],
         trunk_policy: Callable[[int | None], MediaPolicy],
         now: Callable[[], datetime.datetime],
+        prompts: PromptLibrary | None = None,
     ) -> None:
+        self.prompts = prompts
         self.clock = clock
         self.relay = relay
         self.advertise = advertise

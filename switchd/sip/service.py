@@ -49,6 +49,7 @@ from .message import (
     new_tag,
     validate_request,
 )
+from ..media.prompts import BUILTIN_TEXTS, PromptLibrary
 from ..media.relay import MediaRelay, PortAllocator
 from .media import MediaManager
 from .protection import Protection
@@ -306,14 +307,27 @@ class SIPService(Service):
             strict_source=media.strict_source,
         )
         pool = reactor.getThreadPool()
+
+        def run_in_thread(f):
+            return deferToThreadPool(reactor, pool, f)
+
+        prompts = PromptLibrary(
+            media.prompts_dir,
+            run_in_thread=run_in_thread,
+            reactor_for_processes=reactor,
+            cache_dir=media.tts_cache_dir or os.path.join(state_dir, "tts"),
+            espeak=media.espeak,
+            texts=BUILTIN_TEXTS,
+        )
         return MediaManager(
             reactor,
             relay,
             advertise=advertise,
             recordings_dir=media.recordings_dir or os.path.join(state_dir, "recordings"),
-            run_in_thread=lambda f: deferToThreadPool(reactor, pool, f),
+            run_in_thread=run_in_thread,
             trunk_policy=lambda trunk_id: self.trunks.media_policy(trunk_id),
             now=self._now,
+            prompts=prompts,
         )
 
     # -- lifecycle --------------------------------------------------------------

@@ -215,3 +215,72 @@ def test_a_call_without_media_is_ended_by_the_media_timeout(tmp_path):
     finally:
         net.close()
         daemon.stop()
+
+
+def write_tone(path: Path, seconds: float, frequency: float = 1000.0) -> None:
+    import math
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = [int(8000 * math.sin(2 * math.pi * frequency * n / 8000)) for n in range(int(seconds * 8000))]
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(8000)
+        wav.writeframes(struct.pack(f"<{len(samples)}h", *samples))
+
+
+def tone_seconds(channel: tuple[int, ...], frequency: float = 1000.0) -> float:
+    """How many 100 ms windows of ``channel`` are a loud tone of ``frequency``, in seconds."""
+    found = 0
+    for start in range(0, len(channel) - 800, 800):
+        window = channel[start:start + 800]
+        crossings = sum(1 for x, y in zip(window, window[1:]) if (x < 0) != (y < 0))
+        loud = sum(abs(s) for s in window) / 800 > 1000
+        if loud and abs(crossings - 2 * frequency / 10) <= 6:
+            found += 1
+    return found / 10
+
+
+@pytest.mark.slow
+def test_prompts_play_into_a_leg_and_a_digit_interrupts_them(tmp_path):
+    prompts = tmp_path / "prompts"
+    write_tone(prompts / "00080001.wav", 2.0)  # for the callee
+    write_tone(prompts / "en" / "00080003.wav", 20.0, 500.0)  # for the caller, cut short by the digit
+    daemon = Daemon(tmp_path, env={"SWITCHD_SIP_LISTEN": "udp:0:interface=127.0.0.1",
+                                   "SWITCHD_SIP_RELOAD_SECONDS": "1",
+                                   "SWITCHD_MEDIA_PROMPTS_DIR": str(prompts)})
+    daemon.start(expect=("api", "sip"))
+    net = MediaNetwork(daemon, Api(daemon), tmp_path)
+    try:
+        net.topup("10")
+        net.echo_vendor(voice_record=True)
+        net.settle()
+        caller = net.media_call()
+        call = wait_media(net, lambda c: c["state"] == "answered", "the answer")
+        status, body = net.api("POST", f"/v1/calls/{call['id']}/playback", {"leg": "callee", "announcement": "00080001"})
+        assert status == 202 and body["seconds"] == 2.0, body
+        status, body = net.api("POST", f"/v1/calls/{call['id']}/playback", {"leg": "caller", "announcement": "00080003"})
+        assert status == 202 and body["seconds"] == 20.0, body
+        status, body = net.api("POST", f"/v1/calls/{call['id']}/playback", {"leg": "caller", "text": "Bonjour",
+                                                                           "language": "fr"})
+        assert status == 202 and body["seconds"] > 0.3, body  # queued after the tone, spoken by espeak-ng
+        status, body = net.api("POST", f"/v1/calls/{call['id']}/playback", {"leg": "caller", "announcement": "123"})
+        assert status == 422 and body["errors"][0]["field"] == "announcement"
+        status, body = net.api("POST", f"/v1/calls/{call['id']}/playback", {"leg": "caller", "announcement": "00089999"})
+        assert status == 422, body  # no such file and no text
+        finish(caller, tmp_path)
+        [cdr] = net.wait_cdrs(1)
+        log = (tmp_path / "switchd.log").read_text()
+        assert "playback to the callee done" in log
+        assert "playback to the caller interrupted" in log  # the digit at 7.5 s cut the 20 s tone
+        request = urllib.request.Request(f"{daemon.url}/v1/cdrs/{cdr['id']}/recording",
+                                         headers={"Authorization": f"Bearer {net.api.key}"})
+        with urllib.request.urlopen(request, timeout=10) as response, wave.open(io.BytesIO(response.read())) as wav:
+            frames = wav.readframes(wav.getnframes())
+        samples = struct.unpack(f"<{len(frames) // 2}h", frames)
+        # The trunk echoed what it heard: the 2 s tone played to it (the caller's
+        # audio to it was muted meanwhile) is in the callee's channel.
+        assert 1.5 <= tone_seconds(samples[1::2]) <= 2.3
+    finally:
+        net.close()
+        daemon.stop()
