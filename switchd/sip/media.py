@@ -81,6 +81,8 @@ class CallMedia:
         self.recording: str | None = None
         # What each side sends (first audio format of its SDP): a prompt is played in it.
         self.formats: dict[str, tuple[int, str]] = {}
+        # What switchd offers on calls it places (a callback's second leg: only the first's codec).
+        self.offer_codecs: list[tuple[int, str]] = [(8, "PCMA"), (0, "PCMU")]
         self.players: dict[str, Player] = {}
         # One o= line per direction we send SDP in (RFC 3264 8: versions move on change only).
         self._keepers = {side: OriginKeeper(address=manager.advertise) for side in SIDES}
@@ -126,6 +128,46 @@ class CallMedia:
                 session.held = self.held
         out = rewrite(sdp, self.manager.advertise, ports)
         return self._keepers[other].stamp(out).serialize()
+
+    def offer(self, side: str) -> bytes:
+        """switchd's own offer to ``side`` (a call switchd places): one audio stream at
+        the relay, the codecs of ``offer_codecs`` and telephone-event."""
+        session = self._session(0)
+        port = session.leg(side).local_port
+        family = "IP6" if ":" in self.manager.advertise else "IP4"
+        formats = " ".join(str(pt) for pt, _ in self.offer_codecs)
+        lines = [
+            "v=0",
+            f"o=switchd 0 0 IN {family} {self.manager.advertise}",
+            "s=switchd",
+            f"c=IN {family} {self.manager.advertise}",
+            "t=0 0",
+            f"m=audio {port} RTP/AVP {formats} 101",
+            *(f"a=rtpmap:{pt} {name}/8000" for pt, name in self.offer_codecs),
+            "a=rtpmap:101 telephone-event/8000",
+            "a=fmtp:101 0-15",
+            "a=ptime:20",
+            "a=sendrecv",
+        ]
+        sdp = SessionDescription.parse(("\r\n".join(lines) + "\r\n").encode())
+        session.leg(side).telephone_event_pt = None  # learnt from the answer
+        return self._keepers[side].stamp(sdp).serialize()
+
+    def answer(self, side: str, body: bytes) -> bytes:
+        """Answer an offer ``side`` made (a re-INVITE on a call switchd placed): the
+        same streams and codecs at the relay's address, the direction mirrored."""
+        sdp = SessionDescription.parse(body)
+        self.received(side, body)
+        ports = [None if media.rejected else self._session(index).leg(side).local_port
+                 for index, media in enumerate(sdp.media)]
+        out = rewrite(sdp, self.manager.advertise, ports)
+        mirror = {"sendonly": "recvonly", "recvonly": "sendonly"}
+        for media in out.media:
+            direction = media.direction
+            if direction in mirror:
+                media.remove_attributes(("sendonly", "recvonly", "sendrecv", "inactive"))
+                media.set_attribute(mirror[direction])
+        return self._keepers[side].stamp(out).serialize()
 
     def codec(self, side: str, body: bytes) -> str | None:
         """The first audio encoding of an SDP body (what ``side`` will send)."""

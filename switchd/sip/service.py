@@ -51,7 +51,9 @@ from .message import (
 )
 from ..media.prompts import BUILTIN_TEXTS, PromptLibrary
 from ..media.relay import MediaRelay, PortAllocator
+from ..core.callback import CallbackEngine
 from .media import MediaManager
+from .originate import Originator
 from .protection import Protection
 from .registrar import Registrar
 from .transaction import Destination, ServerTransaction, TransactionLayer
@@ -282,6 +284,26 @@ class SIPService(Service):
             media=self.media,
             publish=bus.publish,
         )
+        self.originator = Originator(
+            reactor,
+            self.layer,
+            self.calls,
+            self.router,
+            contact=lambda d: self.transport.via_host(d.transport, d.host),
+            media_policy=lambda trunk_id: self.trunks.media_policy(trunk_id),
+            on_answer=self._on_answer,
+            on_end=self._on_end,
+            user_agent=sip.user_agent,
+        )
+        self.callbacks = CallbackEngine(
+            reactor,
+            authorize=self._authorize_number,
+            acquire_account=self.router.acquire_account,
+            originator=self.originator,
+            media=self.media,
+            publish=bus.publish,
+            node=node,
+        )
         registry.register(_SipCollector(self))
         self._loops: list[LoopingCall] = []
 
@@ -443,12 +465,12 @@ class SIPService(Service):
         elif method == "INVITE":
             to = request.to_addr
             if to is not None and to.tag:
-                if not self.b2bua.in_dialog(request, tx):
+                if not self.b2bua.in_dialog(request, tx) and not self.originator.in_dialog(request, tx):
                     tx.respond(make_response(request, 481))
             else:
                 self.b2bua.invite(request, tx)
         elif method in IN_DIALOG:
-            if not self.b2bua.in_dialog(request, tx):
+            if not self.b2bua.in_dialog(request, tx) and not self.originator.in_dialog(request, tx):
                 tx.respond(make_response(request, 481))
         elif method == "CANCEL":
             if self.b2bua.cancel(request, tx):
@@ -558,6 +580,9 @@ class SIPService(Service):
 
     async def _authorize(self, origin: Origin, callee: str):
         return await self.db.run(rating.authorize_call, origin.service_id, callee, self._now())
+
+    async def _authorize_number(self, service_id: int, number: str):
+        return await self.db.run(rating.authorize_call, service_id, number, self._now())
 
     def _record(self, call: Call) -> cdr.CallRecord:
         def at(seconds: float | None) -> datetime.datetime | None:
