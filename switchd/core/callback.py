@@ -20,6 +20,15 @@ HTTP, an SMS command, a missed call to an access number) ends in
 
 Each leg is a call of its own with its own CDR (``direction callback``),
 rated at its destination's rate; the same account pays for both.
+
+Without user2 (``user2=None``: an ANI or SMS callback that leaves the choice
+to the caller), user1 hears the IVR: "enter the number you want to call,
+followed by the hash key", in the request's language; digits are collected
+from user1's DTMF (the prompt stops at the first key). With ``ivr=True`` the
+IVR comes back after the second call ends or fails ("the number is busy"),
+so user1 can make several calls on one callback; the hang-up code (``##``)
+ends the second call and keeps user1; the balance code (``111``) speaks the
+account's balance. ``real_duration`` adds up every second call's talk time.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ DEFAULT_ANNOUNCEMENT = "00080002"
 class CallbackRequest:
     service_id: int
     user1: str
-    user2: str
+    user2: str | None  # None: user1 is asked for the number (the callback IVR)
     max_seconds: int  # 0: no limit but the balance
     caller_id1: str | None = None
     caller_id2: str | None = None
@@ -56,6 +65,7 @@ class CallbackRequest:
     source: str = "iif"
     reference: str = ""
     language: str = "en"
+    ivr: bool = False  # after user2's call (or its failure) user1 may dial another number
 
 
 class CallbackRefused(Exception):
@@ -104,17 +114,30 @@ class Callback:
     _media: Any = field(default=None, repr=False)
     _timer: IDelayedCall | None = field(default=None, repr=False)
     _lease: Any = field(default=None, repr=False)
+    talked: float = 0.0  # seconds bridged in earlier second calls (IVR)
+    user1_answered_at: float | None = None
+    _auth1: Any = field(default=None, repr=False)
+    _rate2: Any = field(default=None, repr=False)  # the dearest user2 rate so far
+    _leg1: Any = field(default=None, repr=False)
+    _leg2: Any = field(default=None, repr=False)
+    _digits: str = ""
+    _collecting: Deferred | None = field(default=None, repr=False)
+    _digit_timer: IDelayedCall | None = field(default=None, repr=False)
 
     @property
     def real_duration(self) -> int:
-        if self.bridged_at is None:
-            return 0
-        end = self.ended_at if self.ended_at is not None else self._engine.clock.seconds()
-        return max(0, math.floor(end - self.bridged_at + 0.5))
+        """Whole seconds user1 talked to a user2 (all second calls together)."""
+        total = self.talked
+        if self.bridged_at is not None:
+            end = self.ended_at if self.ended_at is not None else self._engine.clock.seconds()
+            total += max(0.0, end - self.bridged_at)
+        return math.floor(total + 0.5)
+
+    user2: str | None = None  # the number called second (from the request or the IVR)
 
     def hangup(self, reason: str = "cancelled") -> None:
         """End the callback now (both legs), e.g. from the API."""
-        self._engine._finish(self, "cancelled" if self.bridged_at is None else "completed", reason)
+        self._engine._finish(self, self._engine._ended_outcome(self), reason)
 
     def summary(self) -> dict[str, Any]:
         r = self.request
@@ -123,7 +146,7 @@ class Callback:
             "state": self.state,
             "outcome": self.outcome,
             "user1": r.user1,
-            "user2": r.user2,
+            "user2": self.user2,
             "max_seconds": self.max_seconds,
             "real_duration": self.real_duration,
             "source": r.source,
@@ -163,6 +186,29 @@ class CallbackEngine:
 
     log = Logger()
 
+    #: IVR words, by language: what user1 hears when asked for a number.
+    PROMPTS: dict[str, dict[str, str]] = {
+        "en": {"ask": "Please enter the number you want to call, followed by the hash key.",
+               "busy": "The number is busy.", "no_answer": "There is no answer.",
+               "failed": "The call could not be completed.", "refused": "This number cannot be called.",
+               "balance": "Your balance is {amount} {currency}.", "goodbye": "Goodbye."},
+        "es": {"ask": "Marque el número al que desea llamar, seguido de la tecla numeral.",
+               "busy": "El número está ocupado.", "no_answer": "No contesta.",
+               "failed": "No se pudo completar la llamada.", "refused": "No se puede llamar a este número.",
+               "balance": "Su saldo es {amount} {currency}.", "goodbye": "Adiós."},
+        "fr": {"ask": "Composez le numéro que vous souhaitez appeler, suivi de la touche dièse.",
+               "busy": "Le numéro est occupé.", "no_answer": "Il n'y a pas de réponse.",
+               "failed": "L'appel n'a pas pu aboutir.", "refused": "Ce numéro ne peut pas être appelé.",
+               "balance": "Votre solde est de {amount} {currency}.", "goodbye": "Au revoir."},
+        "vi": {"ask": "Vui lòng nhập số bạn muốn gọi, sau đó nhấn phím thăng.",
+               "busy": "Số máy đang bận.", "no_answer": "Không có người trả lời.",
+               "failed": "Không thể thực hiện cuộc gọi.", "refused": "Không thể gọi số này.",
+               "balance": "Số dư của bạn là {amount} {currency}.", "goodbye": "Tạm biệt."},
+        "zh": {"ask": "请输入您要拨打的号码，然后按井号键。", "busy": "对方忙。", "no_answer": "无人接听。",
+               "failed": "呼叫无法接通。", "refused": "无法拨打此号码。", "balance": "您的余额是 {amount} {currency}。",
+               "goodbye": "再见。"},
+    }
+
     def __init__(
         self,
         clock: IReactorTime,
@@ -175,6 +221,12 @@ class CallbackEngine:
         ring_seconds: float = 60.0,
         node: str = "",
         keep_seconds: float = 3600.0,
+        balance_code: str = "111",
+        hangup_code: str = "##",
+        first_digit_seconds: float = 15.0,
+        next_digit_seconds: float = 5.0,
+        ivr_attempts: int = 3,
+        balance: Callable[[int], Awaitable[Any]] | None = None,
     ) -> None:
         self.clock = clock
         self.authorize = authorize
@@ -185,6 +237,12 @@ class CallbackEngine:
         self.ring_seconds = ring_seconds
         self.node = node
         self.keep_seconds = keep_seconds
+        self.balance_code = balance_code
+        self.hangup_code = hangup_code
+        self.first_digit_seconds = first_digit_seconds
+        self.next_digit_seconds = next_digit_seconds
+        self.ivr_attempts = ivr_attempts
+        self.balance = balance
         self.callbacks: dict[str, Callback] = {}
 
     # -- starting ------------------------------------------------------------------
@@ -195,21 +253,26 @@ class CallbackEngine:
             raise CallbackRefused("callbacks need the media relay ([media] enabled)", 503)
         self._expire()
         auth1 = await self._authorize(request.service_id, request.user1)
-        auth2 = await self._authorize(request.service_id, request.user2)
-        limits = [m for m in (request.max_seconds or None, combined_max_seconds(auth1, auth2)) if m is not None]
-        max_seconds = min(limits) if limits else None
-        if max_seconds is not None and max_seconds <= 0:
-            raise CallbackRefused("insufficient funds for both calls", 402)
+        max_seconds = request.max_seconds or None
+        if request.user2 is not None:
+            auth2 = await self._authorize(request.service_id, request.user2)
+            max_seconds = self._limit(request, auth1, auth2.rate)
+            if max_seconds is not None and max_seconds <= 0:
+                raise CallbackRefused("insufficient funds for both calls", 402)
+        elif auth1.max_seconds is not None and auth1.max_seconds <= 0:
+            raise CallbackRefused("insufficient funds", 402)
         lease = self.acquire_account(auth1.account_id, auth1.call_limit, auth1.cps_limit)
         if not getattr(lease, "release", None):
             raise CallbackRefused("the account is at its call limit", 503)
         callback = Callback(id=secrets.token_hex(12), request=request, account_id=auth1.account_id,
                             started=self.clock.seconds(), max_seconds=max_seconds, _engine=self)
+        callback.user2 = request.user2
+        callback._auth1 = auth1
         callback._lease = lease
         callback._media = self.media.start(
             callback.id,
-            on_timeout=lambda: self._finish(callback, "completed", "media timeout"),
-            on_dtmf=lambda side, digit: self._event(callback, "dtmf", f"{'user1' if side == 'a' else 'user2'} {digit.digit}"),
+            on_timeout=lambda: self._finish(callback, self._ended_outcome(callback), "media timeout"),
+            on_dtmf=lambda side, digit: self._dtmf(callback, side, digit.digit),
         )
         self.callbacks[callback.id] = callback
         call1 = self._call(callback, auth1, request.user1, request.caller_id1 or "")
@@ -217,16 +280,26 @@ class CallbackEngine:
             leg1 = await self.originator.dial(call1, callback._media, "a", caller_id=call1.caller,
                                               ring_seconds=self.ring_seconds)
         except Exception as error:
+            callback._media.close()
             self._release(callback)
             self.callbacks.pop(callback.id, None)
             raise CallbackRefused(f"cannot call user1: {getattr(error, 'reason', error)}", 503) from None
+        callback._leg1 = leg1
         callback._legs.append(leg1)
         self._event(callback, "dialing1", request.user1)
-        leg1.answered.addCallbacks(lambda body: self._user1_answered(callback, auth2),
+        leg1.answered.addCallbacks(lambda body: self._user1_answered(callback),
                                    lambda f: self._leg_failed(callback, "user1", f))
         leg1.ended.addCallback(lambda side: self._finish(callback, self._ended_outcome(callback),
                                                          "user1 hung up" if side == "remote" else side))
         return callback
+
+    def _limit(self, request: CallbackRequest, auth1: Any, rate2: Any) -> int | None:
+        """The smaller of the request's limit and what the money pays for both legs."""
+        from types import SimpleNamespace
+
+        second = SimpleNamespace(rate=rate2, max_seconds=0)
+        limits = [m for m in (request.max_seconds or None, combined_max_seconds(auth1, second)) if m is not None]
+        return min(limits) if limits else None
 
     async def _authorize(self, service_id: int, number: str) -> Any:
         try:
@@ -250,61 +323,106 @@ class CallbackEngine:
 
     # -- progress ------------------------------------------------------------------
 
-    def _user1_answered(self, callback: Callback, auth2: Any) -> None:
+    def _user1_answered(self, callback: Callback) -> None:
         if callback.state == "ended":
             return
         request = callback.request
         media = callback._media
+        callback.user1_answered_at = self.clock.seconds()
         self._event(callback, "answered1", request.user1)
-        if callback.max_seconds is not None:
-            callback._timer = self.clock.callLater(callback.max_seconds, self._finish, callback, "completed",
-                                                   "max duration")
+        self._arm_timer(callback)
         chosen = media.formats.get("a")
         if chosen is not None:
             media.offer_codecs = [chosen]  # user2 must speak user1's codec: no transcoding in the relay
         if request.ann_id1:
-            self._play(callback, "a", announcement=request.ann_id1)
-        d = ensureDeferred(self._dial_user2(callback, auth2))
-        d.addErrback(lambda f: self._finish(callback, "user2_failed", f.getErrorMessage()))
+            self._play(callback, "a", [("announcement", request.ann_id1)], interruptible=request.user2 is None)
+        if request.user2 is None:
+            self._ask(callback, after=None)
+            return
+        self._dial_user2(callback, request.user2, callback._rate2)
 
-    async def _dial_user2(self, callback: Callback, auth2: Any) -> None:
+    def _arm_timer(self, callback: Callback) -> None:
+        """The duration limit runs from user1's answer (the seed: "start a timer")."""
+        if callback._timer is not None and callback._timer.active():
+            callback._timer.cancel()
+        callback._timer = None
+        if callback.max_seconds is None or callback.user1_answered_at is None:
+            return
+        left = callback.user1_answered_at + callback.max_seconds - self.clock.seconds()
+        callback._timer = self.clock.callLater(max(0.0, left), self._finish, callback, "completed", "max duration")
+
+    def _dial_user2(self, callback: Callback, number: str, rate2: Any) -> None:
+        callback.user2 = number
+        d = ensureDeferred(self._dial(callback, number))
+        d.addErrback(lambda f: self._user2_failed(callback, "failed", f.getErrorMessage()))
+
+    async def _dial(self, callback: Callback, number: str) -> None:
         request = callback.request
+        auth2 = await self._authorize(request.service_id, number)
         caller = request.caller_id2 or request.user1
-        call2 = self._call(callback, auth2, request.user2, caller)
+        call2 = self._call(callback, auth2, number, caller)
         leg2 = await self.originator.dial(call2, callback._media, "b", caller_id=caller, ring_seconds=self.ring_seconds)
         if callback.state == "ended":
             leg2.hangup("cancelled")
             return
+        callback._leg2 = leg2
         callback._legs.append(leg2)
-        self._event(callback, "dialing2", request.user2)
-        leg2.answered.addCallbacks(lambda body: self._user2_answered(callback),
-                                   lambda f: self._leg_failed(callback, "user2", f))
-        leg2.ended.addCallback(lambda side: self._finish(callback, "completed",
-                                                         "user2 hung up" if side == "remote" else side))
+        self._event(callback, "dialing2", number)
+        leg2.answered.addCallbacks(lambda body: self._user2_answered(callback, leg2),
+                                   lambda f: self._user2_failed(callback, getattr(f.value, "kind", "failed"),
+                                                                str(f.value)))
+        leg2.ended.addCallback(lambda side: self._user2_ended(callback, leg2, side))
 
-    def _user2_answered(self, callback: Callback) -> None:
-        if callback.state == "ended":
+    def _user2_answered(self, callback: Callback, leg2: Any) -> None:
+        if callback.state == "ended" or leg2 is not callback._leg2:
             return
         request = callback.request
         media = callback._media
         media.stop_playing("a")  # user1's waiting announcement ends: the other party is here
-        self._event(callback, "answered2", request.user2)
+        self._event(callback, "answered2", callback.user2 or "")
         prompts = []
         if request.ann_id2:
             prompts.append(("announcement", request.ann_id2))
         if request.ann_digit2:
             prompts.append(("text", " ".join(request.ann_digit2)))
         if prompts:
-            d = self._play_all(callback, "b", prompts)
-            d.addBoth(lambda _: self._bridge(callback))
+            d = self._play(callback, "b", prompts, interruptible=False)
+            d.addBoth(lambda _: self._bridge(callback, leg2))
         else:
-            self._bridge(callback)
+            self._bridge(callback, leg2)
 
-    def _bridge(self, callback: Callback) -> None:
-        if callback.state == "ended":
+    def _bridge(self, callback: Callback, leg2: Any) -> None:
+        if callback.state == "ended" or leg2 is not callback._leg2 or leg2.done:
             return
         callback.bridged_at = self.clock.seconds()
-        self._event(callback, "bridged", "")
+        self._event(callback, "bridged", callback.user2 or "")
+
+    def _user2_failed(self, callback: Callback, kind: str, detail: str) -> None:
+        if callback.state == "ended":
+            return
+        callback._leg2 = None
+        if callback.request.ivr:
+            self._event(callback, "user2_" + kind, detail)
+            self._ask(callback, after=kind)
+            return
+        self._finish(callback, f"user2_{kind}", detail)
+
+    def _user2_ended(self, callback: Callback, leg2: Any, side: str) -> None:
+        """The second call is over: the callback ends, or the IVR asks for another number."""
+        if callback.state == "ended" or leg2 is not callback._leg2:
+            return
+        self._unbridge(callback)
+        callback._leg2 = None
+        if callback.request.ivr and side != "switch":
+            self._event(callback, "user2_ended", "")
+            self._ask(callback, after=None)
+            return
+        self._finish(callback, "completed", "user2 hung up" if side == "remote" else side)
+
+    def _unbridge(self, callback: Callback) -> None:
+        if callback.bridged_at is not None:
+            callback.talked += max(0.0, self.clock.seconds() - callback.bridged_at)
+            callback.bridged_at = None
 
     def _leg_failed(self, callback: Callback, user: str, failure: Any) -> None:
         error = failure.value
@@ -312,15 +430,110 @@ class CallbackEngine:
         self._finish(callback, f"{user}_{kind}", str(error))
 
     def _ended_outcome(self, callback: Callback) -> str:
-        return "completed" if callback.bridged_at is not None else "cancelled"
+        return "completed" if callback.bridged_at is not None or callback.talked > 0 else "cancelled"
+
+    # -- the IVR: ask user1 for the number ---------------------------------------------
+
+    def _words(self, callback: Callback) -> dict[str, str]:
+        return self.PROMPTS.get(callback.request.language, self.PROMPTS["en"])
+
+    def _ask(self, callback: Callback, after: str | None, attempt: int = 1) -> None:
+        """Say why the last call failed (if it did), ask for a number, wait for it."""
+        if callback.state == "ended":
+            return
+        words = self._words(callback)
+        items = []
+        if after is not None:
+            items.append(("text", words.get(after, words["failed"])))
+        items.append(("text", words["ask"]))
+        callback._digits = ""
+        self._event(callback, "collecting", "")
+        self._play(callback, "a", items, interruptible=True)
+        collecting: Deferred = Deferred()
+        callback._collecting = collecting
+        self._restart_digit_timer(callback, self.first_digit_seconds)
+        collecting.addCallback(lambda digits: self._got_number(callback, digits, attempt))
+
+    def _restart_digit_timer(self, callback: Callback, seconds: float) -> None:
+        if callback._digit_timer is not None and callback._digit_timer.active():
+            callback._digit_timer.cancel()
+        callback._digit_timer = self.clock.callLater(seconds, self._digits_done, callback)
+
+    def _digits_done(self, callback: Callback) -> None:
+        callback._digit_timer = None
+        collecting, callback._collecting = callback._collecting, None
+        if collecting is not None:
+            collecting.callback(callback._digits)
+
+    def _dtmf(self, callback: Callback, side: str, digit: str) -> None:
+        self._event(callback, "dtmf", f"{'user1' if side == 'a' else 'user2'} {digit}")
+        media = callback._media
+        if side != "a" or callback.state == "ended":
+            return
+        if callback._collecting is not None:
+            media.interrupt("a")  # typing cuts the prompt short
+            if digit == "#":
+                if callback._digit_timer is not None and callback._digit_timer.active():
+                    callback._digit_timer.cancel()
+                self._digits_done(callback)
+                return
+            callback._digits += digit
+            self._restart_digit_timer(callback, self.next_digit_seconds)
+            return
+        if callback.request.ivr and callback._leg2 is not None:
+            # user1 ends the second call with the hang-up code and stays for another number.
+            callback._digits = (callback._digits + digit)[-len(self.hangup_code):]
+            if callback._digits == self.hangup_code:
+                callback._digits = ""
+                leg2, callback._leg2 = callback._leg2, None
+                self._unbridge(callback)
+                leg2.hangup("user1 hang-up code")
+                self._event(callback, "user2_ended", "hang-up code")
+                self._ask(callback, after=None)
+
+    def _got_number(self, callback: Callback, digits: str, attempt: int) -> None:
+        if callback.state == "ended":
+            return
+        if digits == self.balance_code and self.balance is not None:
+            d = ensureDeferred(self._say_balance(callback))
+            d.addBoth(lambda _: self._ask(callback, after=None, attempt=attempt))
+            return
+        if not digits.lstrip("+").isdigit():
+            if attempt >= self.ivr_attempts:
+                d = self._play(callback, "a", [("text", self._words(callback)["goodbye"])], interruptible=False)
+                d.addBoth(lambda _: self._finish(callback, self._ended_outcome(callback), "no number entered"))
+            else:
+                self._ask(callback, after=None, attempt=attempt + 1)
+            return
+        d = ensureDeferred(self._check_and_dial(callback, digits))
+        d.addErrback(lambda f: self._user2_failed(callback, "failed", f.getErrorMessage()))
+
+    async def _check_and_dial(self, callback: Callback, number: str) -> None:
+        try:
+            auth2 = await self._authorize(callback.request.service_id, number)
+        except CallbackRefused as refused:
+            self._event(callback, "refused", refused.reason)
+            self._ask(callback, after="refused")
+            return
+        rate = auth2.rate
+        if callback._rate2 is None or rate.price_per_minute > callback._rate2.price_per_minute:
+            callback._rate2 = rate
+        callback.max_seconds = self._limit(callback.request, callback._auth1, callback._rate2)
+        if callback.max_seconds is not None and callback.user1_answered_at is not None and \
+                self.clock.seconds() - callback.user1_answered_at >= callback.max_seconds:
+            self._finish(callback, self._ended_outcome(callback), "max duration")
+            return
+        self._arm_timer(callback)
+        self._dial_user2(callback, number, rate)
+
+    async def _say_balance(self, callback: Callback) -> None:
+        amount, currency = await self.balance(callback.account_id)
+        text = self._words(callback)["balance"].format(amount=f"{amount:.2f}", currency=currency)
+        await self._play(callback, "a", [("text", text)], interruptible=True)
 
     # -- prompts -------------------------------------------------------------------
 
-    def _play(self, callback: Callback, side: str, *, announcement: str | None = None,
-              text: str | None = None) -> Deferred:
-        return self._play_all(callback, side, [("announcement", announcement) if announcement else ("text", text)])
-
-    def _play_all(self, callback: Callback, side: str, items: list[tuple[str, Any]]) -> Deferred:
+    def _play(self, callback: Callback, side: str, items: list[tuple[str, Any]], *, interruptible: bool) -> Deferred:
         prompts_library = self.media.prompts
         language = callback.request.language
         if prompts_library is None:
@@ -335,7 +548,7 @@ class CallbackEngine:
                     prompts.append(await prompts_library.speak(value, language))
             if callback.state == "ended":
                 return None
-            return await callback._media.play(side, prompts, interruptible=False)
+            return await callback._media.play(side, prompts, interruptible=interruptible)
 
         d = ensureDeferred(run())
         d.addErrback(lambda f: self.log.warn("callback {id}: cannot play to {side}: {error}", id=callback.id,
@@ -350,8 +563,10 @@ class CallbackEngine:
         callback.state = "ended"
         callback.outcome = outcome
         callback.ended_at = self.clock.seconds()
-        if callback._timer is not None and callback._timer.active():
-            callback._timer.cancel()
+        for timer in (callback._timer, callback._digit_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        callback._collecting = None
         for leg in callback._legs:
             leg.hangup(detail or outcome)
         media = callback._media
@@ -371,7 +586,7 @@ class CallbackEngine:
             callback._lease = None
 
     def _event(self, callback: Callback, state: str, detail: str) -> None:
-        if state not in ("dtmf", "ended"):
+        if state in ("dialing1", "answered1", "dialing2", "answered2", "bridged", "collecting", "ended"):
             callback.state = state
         now = self.clock.seconds()
         callback.events.append({"at": now, "state": state, "detail": detail})

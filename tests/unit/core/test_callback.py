@@ -254,3 +254,46 @@ def test_a_refused_number_refuses_the_callback():
         assert refused.value.status == 404 and "no rate" in refused.value.reason and not h.sent
     finally:
         h.close()
+
+
+def press(h, callback, keys):
+    for key in keys:
+        h.engine._dtmf(callback, "a", key)
+
+
+def test_the_ivr_asks_user1_for_the_number_and_comes_back_after_each_call():
+    h = Harness()
+    try:
+        callback = h.start(user2=None, ivr=True)
+        invite1 = h.answer(U1, 200, "OK", sdp(8))
+        assert callback.state == "collecting" and not h.take(U2, "INVITE")
+        press(h, callback, "222#")
+        invite2 = h.answer(U2, 486, "Busy Here", tag="t2")
+        assert callback.state == "collecting"  # "the number is busy", then asked again
+        assert [e["state"] for e in callback.events][-2:] == ["user2_busy", "collecting"]
+        press(h, callback, "222")
+        h.clock.advance(5)  # no hash: the pause ends the number
+        invite2 = h.answer(U2, 200, "OK", sdp(8, 30002), tag="t3")
+        assert callback.state == "bridged"
+        h.clock.advance(20)
+        press(h, callback, "##")  # user1 ends this call and stays
+        assert h.take(U2, "BYE") and callback.state == "collecting"
+        h.clock.advance(3)
+        h.bye_from(U1, invite1)
+        result = callback.done.result
+        assert (result.outcome, result.real_duration) == ("completed", 20)
+        assert invite2.call_id
+    finally:
+        h.close()
+
+
+def test_the_ivr_gives_up_after_three_empty_attempts():
+    h = Harness()
+    try:
+        callback = h.start(user2=None)
+        h.answer(U1, 200, "OK", sdp(8))
+        for _ in range(3):
+            h.clock.advance(15)
+        assert callback.done.result.outcome == "cancelled" and h.take(U1, "BYE")
+    finally:
+        h.close()
