@@ -367,6 +367,51 @@ class MediaSection:
 
 
 @dataclass(frozen=True)
+class SmppSection:
+    """[smpp]: the SMPP 3.4 server customers' ESMEs bind to (SMPP connections)."""
+
+    listen: tuple[str, ...] = setting(
+        "tcp:2775",
+        parse_endpoints,
+        "Twisted endpoint strings the SMPP server listens on, separated by whitespace: "
+        "tcp:PORT or ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem for SMPP over TLS, each "
+        "with an optional :interface=ADDRESS. Empty: no SMPP server.",
+    )
+    inactivity_timeout: float = setting(
+        "60",
+        parse_float(1),
+        "Seconds without any PDU from a bound ESME before switchd sends enquire_link (the "
+        "session is closed if that is not answered within response_timeout). A connection "
+        "that has not bound within this time is closed.",
+    )
+    response_timeout: float = setting(
+        "10",
+        parse_float(0.1),
+        "Seconds an ESME has to answer switchd's deliver_sm, enquire_link and unbind; an "
+        "unanswered deliver_sm is kept and delivered again later.",
+    )
+    max_pdu_length: int = setting(
+        "65536",
+        parse_int(64, 1048576),
+        "Largest PDU accepted, in octets; a longer command_length gets generic_nack "
+        "ESME_RINVCMDLEN and the connection is closed.",
+    )
+    window: int = setting(
+        "16",
+        parse_int(1, 1000),
+        "deliver_sm (receipts and MO) sent to one session and not answered yet; more wait "
+        "until answers come.",
+    )
+    reload_seconds: int = setting(
+        "10",
+        parse_int(1, 3600),
+        "How often bound SMPP connections are re-read from the database: a new reception "
+        "speed applies, a removed connection, a changed password or a service that is no "
+        "longer active unbinds the session.",
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole process configuration."""
 
@@ -376,6 +421,7 @@ class Config:
     api: ApiSection = field(default_factory=ApiSection)
     sip: SipSection = field(default_factory=SipSection)
     media: MediaSection = field(default_factory=MediaSection)
+    smpp: SmppSection = field(default_factory=SmppSection)
 
     @property
     def state_dir(self) -> str:

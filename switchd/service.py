@@ -9,7 +9,8 @@ import socket
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
@@ -131,9 +132,91 @@ def ensure_admin_key(db: Database, state_dir: str, now: datetime.datetime) -> st
     return path
 
 
+class OrderedServices(MultiService):
+    """Children start in the order added and stop one after another in reverse,
+    each waiting for the one before: nothing is stopped under a part still using it."""
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+
+        async def stop_all() -> None:
+            for child in reversed(list(self)):
+                try:
+                    await maybeDeferred(child.stopService)
+                except Exception:  # noqa: BLE001 - the others must still stop
+                    log.failure("stopping {service!r} failed", service=child)
+
+        return ensureDeferred(stop_all())
+
+
+class _NoTrunks:
+    """The router's trunk state on a node without SIP: no trunk is usable."""
+
+    @staticmethod
+    def is_usable(trunk_id: int) -> bool:
+        return False
+
+
+class SmsServices(OrderedServices):
+    """The message engine, the upstream links, status callbacks and the SMPP server.
+
+    At shutdown the listeners close first, then every ESME is unbound (answers
+    to requests in progress still go out), then callbacks, the upstream links
+    and the engine stop, in that order.
+    """
+
+    def __init__(self, engine) -> None:
+        super().__init__()
+        self.engine = engine
+
+
+def build_sms_services(config: Config, reactor, db: Database, bus: EventBus, limiter: RateLimiter,
+                       registry: CollectorRegistry, node: str, router=None) -> SmsServices:
+    """SMS on this node: engine and links (always), the SMPP server when ``[smpp] listen`` names endpoints."""
+    from .api.webhooks import StatusCallbacks, default_http_client
+    from .core.router import Router
+    from .smpp.server import Directory, SmppServerFactory, SmppServerService
+    from .sms.engine import build_sms
+
+    smpp = config.smpp
+    if router is None:
+        router = Router(db, reactor, limiter, _NoTrunks())
+    engine, links = build_sms(db, reactor, bus, limiter, router, node=node, deliver_window=smpp.window,
+                              reload_seconds=smpp.reload_seconds)
+    services = SmsServices(engine)
+    engine.setServiceParent(services)
+    links.setServiceParent(services)
+    StatusCallbacks(db, reactor, bus, default_http_client(reactor), registry=registry,
+                    settings_seconds=smpp.reload_seconds).setServiceParent(services)
+    if smpp.listen:
+        factory = SmppServerFactory(
+            reactor,
+            engine,
+            Directory(db),
+            limiter,
+            registry=registry,
+            inactivity_timeout=smpp.inactivity_timeout,
+            response_timeout=smpp.response_timeout,
+            max_pdu_length=smpp.max_pdu_length,
+            window=smpp.window,
+        )
+        SmppServerService(factory, reactor, reload_seconds=smpp.reload_seconds).setServiceParent(services)
+        for description in smpp.listen:
+            try:
+                endpoint = serverFromString(reactor, description)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(config.source, f"bad endpoint {description!r}: {e}", "smpp", "listen") from None
+            ListeningService(endpoint, factory, config, "smpp", description).setServiceParent(services)
+    return services
+
+
 def make_service(config: Config, reactor) -> MultiService:
-    """Build the daemon's MultiService from a loaded configuration."""
-    top = MultiService()
+    """Build the daemon's MultiService from a loaded configuration.
+
+    Parts stop in the reverse order of their start, one after another: the
+    database (first in) stops last, once nothing can use it any more.
+    """
+    top = OrderedServices()
     state_dir = prepare_state_dir(config)
     db = open_database(config, reactor)
     db.setServiceParent(top)
@@ -159,6 +242,9 @@ def make_service(config: Config, reactor) -> MultiService:
 
         sip = SIPService(config, reactor, db, bus, limiter, registry, state_dir=state_dir, node=node)
         sip.setServiceParent(top)
+    sms = build_sms_services(config, reactor, db, bus, limiter, registry, node,
+                             sip.router if sip is not None else None)
+    sms.setServiceParent(top)
     api = ProvisioningAPI(
         db,
         reactor,
@@ -170,6 +256,7 @@ def make_service(config: Config, reactor) -> MultiService:
         trunk_status=sip.trunk_status if sip is not None else None,
         calls=sip.b2bua if sip is not None else None,
         call_registry=sip.calls if sip is not None else None,
+        messages=sms.engine,
         recordings_dir=config.media.recordings_dir or os.path.join(state_dir, "recordings"),
         run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 LISTENING = re.compile(r"\[(\w+)\] listening on (\S+) \((\w+) (\S+) port (\d+)\)")
 SIP_LISTEN = "udp:0:interface=127.0.0.1 tcp:0:interface=127.0.0.1"
+SMPP_LISTEN = "tcp:0:interface=127.0.0.1"
 
 
 class Daemon:
@@ -28,6 +29,7 @@ class Daemon:
             "SWITCHD_SWITCHD_STATE_DIR": str(self.state_dir),
             "SWITCHD_API_LISTEN": "tcp:0:interface=127.0.0.1",
             "SWITCHD_SIP_LISTEN": SIP_LISTEN,
+            "SWITCHD_SMPP_LISTEN": SMPP_LISTEN,
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
@@ -86,6 +88,11 @@ class Daemon:
         return f"http://127.0.0.1:{self.ports['api']}"
 
     @property
+    def smpp_port(self) -> int:
+        """The bound port of the first [smpp] listener (start with expect=("api", "smpp"))."""
+        return self.ports["smpp"]
+
+    @property
     def admin_key(self) -> str:
         return (self.state_dir / "admin-api-key").read_text().strip()
 
@@ -107,7 +114,7 @@ def run_switchd(args: list[str], env: dict[str, str] | None = None, cwd: Path | 
     twistd = Path(sys.executable).with_name("twistd")
     return subprocess.run(
         [str(twistd), "-n", "--pidfile=", "switchd", *args],
-        env={**os.environ, "SWITCHD_SIP_LISTEN": SIP_LISTEN, **(env or {})},
+        env={**os.environ, "SWITCHD_SIP_LISTEN": SIP_LISTEN, "SWITCHD_SMPP_LISTEN": SMPP_LISTEN, **(env or {})},
         cwd=cwd,
         capture_output=True,
         text=True,

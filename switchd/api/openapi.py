@@ -8,6 +8,7 @@ from typing import Any
 from .. import __version__
 from .resources import ACCOUNTS, COLLECTIONS, TRANSACTIONS
 from .schema import Resource
+from .sms import TEXT_CODINGS
 
 PROBLEM_REF = {"$ref": "#/components/responses/Problem"}
 
@@ -240,9 +241,9 @@ def _sms_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                      "anyOf": [number, {"type": "string", "pattern": "^[A-Za-z0-9 ._&-]{1,11}$"}]},
             "to": dict(number, description="Destination number; a leading '+' is dropped."),
             "text": {"type": "string", "minLength": 1, "maxLength": 16384},
-            "data_coding": {"type": "integer", "minimum": 0, "maximum": 255,
+            "data_coding": {"type": "integer", "enum": list(TEXT_CODINGS),
                             "description": "SMPP data_coding of a text alphabet (0 GSM, 1 IA5, 3 Latin-1, "
-                            "6 Cyrillic, 7 Hebrew, 8 UCS2, ...); binary codings are refused."},
+                            "6 Cyrillic, 7 Hebrew, 8 UCS2, ...); binary codings go over SMPP."},
             "registered_delivery": {"type": "integer", "minimum": 0, "maximum": 31,
                                     "description": "SMPP registered_delivery kept with the message."},
             "client_reference": {"type": "string", "minLength": 1, "maxLength": 64,

@@ -7,9 +7,13 @@ rounded up to whole seconds, the first increment is always paid in full,
 then each started next increment. An answered call also pays the rate's
 connection fee once. ``authorize_call`` decides, before a call is sent on,
 whether a service may make it and for how long (prepaid accounts only).
+Messages are priced per part at the rate's ``price_per_message``;
+``authorize_message`` decides whether a service may send one (a prepaid
+account must pay for every part).
 
-Everything here except ``find_rate`` and ``authorize_call`` is pure
-arithmetic; those two run in the caller's transaction (``Database.run``).
+Everything here except ``find_rate``, ``load_payer``, ``authorize_call`` and
+``authorize_message`` is pure arithmetic; those run in the caller's
+transaction (``Database.run``).
 """
 
 from __future__ import annotations
@@ -274,3 +278,114 @@ def authorize_call(
         call_limit=row.call_limit,
         cps_limit=row.cps_limit,
     )
+
+
+# -- messages ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageAuthorization:
+    """A message a service may send: who pays, at which rate, how much."""
+
+    account_id: int
+    service_id: int
+    billing_type: str  # "prepaid" or "postpaid"
+    currency: str
+    rate: Rate
+    parts: int
+    price: Decimal  # per part: the rate's price_per_message
+    total: Decimal  # price * parts
+
+    def references(self, message_id: str) -> list[str]:
+        """The ledger reference of each part's charge: ``sms:<message id>:<part>``."""
+        return [f"sms:{message_id}:{number}" for number in range(1, self.parts + 1)]
+
+
+def load_payer(conn: Connection, service_id: int):
+    """The service, its account and customer (statuses, plan, balance) as one row, or None.
+
+    The row ``authorize_call`` reads; ``check_message`` takes it, so a caller
+    authorising many messages of one service reads it once.
+    """
+    return conn.execute(_AUTHORIZE, {"service_id": service_id}).first()
+
+
+def check_payer(row, service_id: int) -> None:
+    """Raise ``Refusal`` (403) unless the service, its account and customer are active."""
+    if row is None:
+        raise Refusal(403, "unknown service")
+    if row.service_status != "active":
+        raise Refusal(403, f"service {row.service_status}")
+    if row.account_status != "active":
+        raise Refusal(403, f"account {row.account_status}")
+    if row.customer_status != "active":
+        raise Refusal(403, f"customer {row.customer_status}")
+
+
+def check_message(
+    row, rate: Rate | None, service_id: int, parts: int, available: Decimal | None
+) -> MessageAuthorization:
+    """Pure part of ``authorize_message``: the payer row, the rate found, the money left.
+
+    ``available`` is what a prepaid account may still spend (balance plus
+    credit limit, minus what the caller already committed in the same
+    transaction); it is ignored for postpaid accounts. Raises ``Refusal``
+    with the codes of ``authorize_message``.
+    """
+    check_payer(row, service_id)
+    if parts < 1:
+        raise ValueError(f"a message has at least one part, not {parts}")
+    if rate is None:
+        raise Refusal(404, "no rate for the destination")
+    if rate.currency != row.currency:
+        raise Refusal(403, f"tariff plan in {rate.currency}, account in {row.currency}")
+    price = to_money(rate.price_per_message)
+    total = to_money(price * parts)
+    if row.billing_type != "postpaid" and total > 0:
+        if available is None:
+            available = row.balance + row.credit_limit
+        if total > available:
+            raise Refusal(402, "insufficient funds")
+    return MessageAuthorization(
+        account_id=row.account_id,
+        service_id=service_id,
+        billing_type=row.billing_type,
+        currency=row.currency,
+        rate=rate,
+        parts=parts,
+        price=price,
+        total=total,
+    )
+
+
+def authorize_message(
+    conn: Connection, service_id: int, destination: str, parts: int, now: datetime.datetime
+) -> MessageAuthorization:
+    """May ``service_id`` send a message of ``parts`` parts to ``destination`` now?
+
+    The rate is the plan's longest prefix of the destination (``find_rate``),
+    priced per part at ``price_per_message``. Raises ``Refusal``: 403 when the
+    service, its account or its customer is not active (or the plan's
+    currency is not the account's), 484 when the number has no digits, 404
+    when the plan has no rate for it, 402 when a prepaid account cannot pay
+    every part (balance plus credit limit). ``now`` is named in the (debug)
+    log of refusals. Nothing is booked: the caller charges each part (ledger
+    reference ``sms:<message id>:<part>``).
+    """
+    row = load_payer(conn, service_id)
+    try:
+        check_payer(row, service_id)
+        if not number_digits(destination):
+            raise Refusal(484, "no digits in the destination number")
+        rate = find_rate(conn, row.tariff_plan_id, destination)
+        return check_message(row, rate, service_id, parts, None)
+    except Refusal as refusal:
+        log.debug(
+            "message from service {service_id} to {destination} refused at {now}: {status} {reason}",
+            service_id=service_id,
+            destination=destination,
+            now=now.isoformat(),
+            status=refusal.sip_status,
+            reason=refusal.reason,
+        )
+        raise

@@ -1,4 +1,4 @@
-"""The central router: which trunks a call goes to, in which order, and whether now.
+"""The central router: which trunks a call (or links a message) goes to, in which order.
 
 A customer's service names a routing group; the group's members name trunks,
 each with a distribution priority, a weight and the destination prefixes it
@@ -27,17 +27,24 @@ Limits are per trunk and live in the node's ``RateLimiter``: a token bucket
 called with the trunk settings on every reload, so a change made through the
 API applies without a restart. Time comes from the injected clock and
 randomness from ``secrets``.
+
+Messages are routed the same way (``Router.route_message``): the members of
+the service's routing group that name an SMPP link, ordered by the same
+rules against the destination number, keeping only links that can send
+(enabled, not receive-only), whose sender ID prefixes accept the message's
+source and whose accepted number prefixes accept its destination, and that
+are bound to their SMSC now.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -45,7 +52,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..sip.transaction import Destination
-from ..store.models import routing_group_members, services, sip_connections, trunks
+from ..store.models import (
+    routing_group_members,
+    services,
+    sip_connections,
+    smpp_links,
+    trunks,
+)
 from .ratelimit import Gate, RateLimiter
 
 #: SIP final responses after which the next candidate is tried.
@@ -203,7 +216,26 @@ class RandomSource(Protocol):
     def random(self) -> float: ...
 
 
-def _matched_prefix(member: Member, digits: str) -> str | None:
+class Ranked(Protocol):
+    """What the ordering reads of a member (``Member`` and ``LinkMember`` have it)."""
+
+    @property
+    def member_id(self) -> int: ...
+
+    @property
+    def priority(self) -> int: ...
+
+    @property
+    def weight(self) -> int: ...
+
+    @property
+    def prefixes(self) -> tuple[str, ...]: ...
+
+
+R = TypeVar("R", bound=Ranked)
+
+
+def _matched_prefix(member: Ranked, digits: str) -> str | None:
     """The longest of the member's prefixes that starts ``digits``; None if none does."""
     if not member.prefixes:
         return ""
@@ -211,11 +243,11 @@ def _matched_prefix(member: Member, digits: str) -> str | None:
     return max(matches, key=len) if matches else None
 
 
-def _weighted_order(members: list[Member], rng: RandomSource) -> list[Member]:
+def _weighted_order(members: list[R], rng: RandomSource) -> list[R]:
     """Weighted random order without replacement; weight 0 after, in input order."""
     weighted = [m for m in members if m.weight > 0]
     unweighted = [m for m in members if m.weight <= 0]
-    ordered: list[Member] = []
+    ordered: list[R] = []
     while weighted:
         total = sum(m.weight for m in weighted)
         point = rng.random() * total
@@ -238,34 +270,48 @@ def order_candidates(
     number rules; each candidate's ``number`` is ``callee`` rewritten by its
     connection's rules. ``rng`` defaults to ``secrets.SystemRandom()``.
     """
+    return [
+        Candidate(
+            trunk_id=member.trunk_id,
+            connection_id=member.connection_id,
+            name=member.name,
+            destination=member.destination,
+            number=rewrite_number(callee, member.strip_digits, member.add_prefix, member.e164),
+            priority=member.priority,
+            weight=member.weight,
+            matched_prefix=matched,
+        )
+        for member, matched in rank_members(rows, callee, lambda m: m.trunk_id, rng)
+    ]
+
+
+def rank_members(
+    rows: Iterable[R], number: str, target: Callable[[R], int], rng: RandomSource | None = None
+) -> list[tuple[R, str]]:
+    """Members in the order to try them for ``number``, with the prefix each matched.
+
+    The ordering of the module doc (prefix filter, priority, longest prefix,
+    weighted draw); ``target`` names what a member points at, so a trunk or
+    link that is a member twice comes once, at its best place.
+    """
     rng = rng if rng is not None else secrets.SystemRandom()
-    digits = callee.removeprefix("+")
-    ranks: dict[tuple[int, int], list[tuple[Member, str]]] = {}
+    digits = number.removeprefix("+")
+    ranks: dict[tuple[int, int], list[tuple[R, str]]] = {}
     for member in sorted(rows, key=lambda m: m.member_id):
         matched = _matched_prefix(member, digits)
         if matched is not None:
             ranks.setdefault((-member.priority, -len(matched)), []).append((member, matched))
-    candidates: list[Candidate] = []
+    ordered: list[tuple[R, str]] = []
     seen: set[int] = set()
     for rank in sorted(ranks):
         matched_by_id = {member.member_id: matched for member, matched in ranks[rank]}
         for member in _weighted_order([member for member, _ in ranks[rank]], rng):
-            if member.trunk_id in seen:
+            key = target(member)
+            if key in seen:
                 continue
-            seen.add(member.trunk_id)
-            candidates.append(
-                Candidate(
-                    trunk_id=member.trunk_id,
-                    connection_id=member.connection_id,
-                    name=member.name,
-                    destination=member.destination,
-                    number=rewrite_number(callee, member.strip_digits, member.add_prefix, member.e164),
-                    priority=member.priority,
-                    weight=member.weight,
-                    matched_prefix=matched_by_id[member.member_id],
-                )
-            )
-    return candidates
+            seen.add(key)
+            ordered.append((member, matched_by_id[member.member_id]))
+    return ordered
 
 
 def load_candidates(
@@ -273,6 +319,145 @@ def load_candidates(
 ) -> list[Candidate]:
     """The ordered candidates straight from the database (no usability filter, no cache)."""
     return order_candidates(load_members(conn, service_id), callee, rng)
+
+
+# -- messages ----------------------------------------------------------------------------
+
+#: E.164 country codes of two digits (those starting with 1 or 7 have one,
+#: every other has three): ITU-T E.164 assignments.
+_CC2 = frozenset(
+    {
+        "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46",
+        "47", "48", "49", "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63",
+        "64", "65", "66", "81", "82", "84", "86", "90", "91", "92", "93", "94", "95", "98",
+    }
+)
+
+
+def country_code_length(digits: str) -> int:
+    """Digits of the E.164 country code that starts ``digits`` (1, 2 or 3)."""
+    if digits[:1] in ("1", "7"):
+        return 1
+    if digits[:2] in _CC2:
+        return 2
+    return 3
+
+
+def prefix_accepts(prefixes: tuple[str, ...], address: str) -> bool:
+    """Whether a link's sender ID or accepted number prefixes take ``address``.
+
+    No prefixes: every address. Otherwise the address (without a leading
+    ``+``; letters compared without case) must start with one of them, or,
+    for an international number (all digits), the part after its country
+    code must: ``123`` accepts ``+86123...`` as seed 001 describes, and also
+    ``123...`` itself.
+    """
+    if not prefixes:
+        return True
+    value = address.strip().removeprefix("+").casefold()
+    national = value[country_code_length(value):] if value.isdigit() else None
+    for prefix in prefixes:
+        prefix = prefix.casefold()
+        if value.startswith(prefix) or (national is not None and national.startswith(prefix)):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class LinkMember:
+    """One routing group member naming an SMPP link, with the link's filters."""
+
+    member_id: int
+    link_id: int
+    name: str
+    mode: str  # transceiver, transmitter or receiver
+    priority: int
+    weight: int
+    prefixes: tuple[str, ...]  # the member's destination prefixes
+    sender_prefixes: tuple[str, ...]  # the link's sender ID prefixes
+    number_prefixes: tuple[str, ...]  # the link's accepted number prefixes
+
+
+@dataclass(frozen=True)
+class MessageCandidate:
+    """An SMPP link to send one message through."""
+
+    link_id: int
+    name: str
+    priority: int
+    weight: int
+    matched_prefix: str
+
+
+#: Link modes that send messages (a receiver link only takes receipts and MO).
+SENDING_MODES = frozenset({"transceiver", "transmitter"})
+
+_LINK_MEMBERS = (
+    select(
+        routing_group_members.c.id.label("member_id"),
+        routing_group_members.c.priority,
+        routing_group_members.c.weight,
+        routing_group_members.c.prefixes,
+        smpp_links.c.id.label("link_id"),
+        smpp_links.c.name,
+        smpp_links.c.mode,
+        smpp_links.c.sender_id_prefixes,
+        smpp_links.c.accepted_number_prefixes,
+    )
+    .select_from(
+        services.join(
+            routing_group_members,
+            routing_group_members.c.routing_group_id == services.c.routing_group_id,
+        ).join(smpp_links, smpp_links.c.id == routing_group_members.c.smpp_link_id)
+    )
+    .where(services.c.id == bindparam("service_id"), smpp_links.c.enabled.is_(True))
+    .order_by(routing_group_members.c.id)
+)
+
+
+def load_link_members(conn: Connection, service_id: int) -> list[LinkMember]:
+    """The message members of the service's routing group: enabled links that send."""
+    return [
+        LinkMember(
+            member_id=row.member_id,
+            link_id=row.link_id,
+            name=row.name,
+            mode=row.mode,
+            priority=row.priority,
+            weight=row.weight,
+            prefixes=parse_prefixes(row.prefixes),
+            sender_prefixes=parse_prefixes(row.sender_id_prefixes),
+            number_prefixes=parse_prefixes(row.accepted_number_prefixes),
+        )
+        for row in conn.execute(_LINK_MEMBERS, {"service_id": service_id})
+        if row.mode in SENDING_MODES
+    ]
+
+
+def order_message_candidates(
+    rows: Iterable[LinkMember], source: str, destination: str, rng: RandomSource | None = None
+) -> list[MessageCandidate]:
+    """The links for a message, in the order to try them (see the module doc).
+
+    Members are ranked against ``destination`` exactly like trunks against a
+    called number; members whose link refuses the source (sender ID
+    prefixes) or the destination (accepted number prefixes) are left out.
+    """
+    usable = [
+        member
+        for member in rows
+        if prefix_accepts(member.sender_prefixes, source) and prefix_accepts(member.number_prefixes, destination)
+    ]
+    return [
+        MessageCandidate(
+            link_id=member.link_id,
+            name=member.name,
+            priority=member.priority,
+            weight=member.weight,
+            matched_prefix=matched,
+        )
+        for member, matched in rank_members(usable, destination, lambda m: m.link_id, rng)
+    ]
 
 
 # -- limits ---------------------------------------------------------------------------
@@ -366,6 +551,12 @@ class TrunkState(Protocol):
     def is_usable(self, trunk_id: int) -> bool: ...
 
 
+class LinkState(Protocol):
+    """What the router asks of the SMPP link manager."""
+
+    def is_bound(self, link_id: int) -> bool: ...
+
+
 class _Cached:
     __slots__ = ("expires_at", "members", "used_at")
 
@@ -380,7 +571,9 @@ class Router:
 
     ``db`` is a ``Database`` (anything with ``run(fn, *args) -> Deferred``);
     ``trunks`` offers ``is_usable(trunk_id)`` (the ``TrunkManager``; if it
-    has ``settings``, the limits are configured from them at once).
+    has ``settings``, the limits are configured from them at once);
+    ``links`` offers ``is_bound(link_id)`` (the ``SmppLinkManager``; set it
+    later with ``set_links`` when it is built after the router).
     """
 
     log = Logger()
@@ -395,6 +588,7 @@ class Router:
         failover_codes: Iterable[int] = FAILOVER_CODES,
         cache_seconds: float = 5.0,
         rng: RandomSource | None = None,
+        links: LinkState | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -408,6 +602,9 @@ class Router:
         self._account_cps: dict[int, int] = {}
         self._cache: dict[int, _Cached] = {}
         self._loading: dict[int, list[Deferred]] = {}
+        self.links = links
+        self._link_cache: dict[int, _Cached] = {}
+        self._link_loading: dict[int, list[Deferred]] = {}
         self._next_sweep = 0.0
         settings = getattr(trunks, "settings", None)
         if settings:
@@ -436,33 +633,49 @@ class Router:
         ]
 
     def _members(self, service_id: int) -> Deferred:
+        return self._cached(service_id, self._cache, self._loading, load_members)
+
+    def _cached(
+        self,
+        service_id: int,
+        cache: dict[int, _Cached],
+        loading: dict[int, list[Deferred]],
+        loader: Callable[[Connection, int], list[Any]],
+    ) -> Deferred:
         now = self.clock.seconds()
-        entry = self._cache.get(service_id)
+        entry = cache.get(service_id)
         if entry is not None and now < entry.expires_at:
             entry.used_at = now
             return succeed(entry.members)
         waiter: Deferred = Deferred()
-        waiters = self._loading.get(service_id)
+        waiters = loading.get(service_id)
         if waiters is not None:
             waiters.append(waiter)
             return waiter
-        self._loading[service_id] = [waiter]
-        load = self.db.run(load_members, service_id)
+        loading[service_id] = [waiter]
+        load = self.db.run(loader, service_id)
         load.addCallbacks(
-            self._loaded, self._load_failed, callbackArgs=(service_id,), errbackArgs=(service_id,)
+            self._loaded,
+            self._load_failed,
+            callbackArgs=(service_id, cache, loading),
+            errbackArgs=(service_id, cache, loading),
         )
         return waiter
 
-    def _loaded(self, members: list[Member], service_id: int) -> None:
+    def _loaded(
+        self, members: list[Any], service_id: int, cache: dict[int, _Cached], loading: dict[int, list[Deferred]]
+    ) -> None:
         now = self.clock.seconds()
-        self._cache[service_id] = _Cached(members, now + self.cache_seconds, now)
+        cache[service_id] = _Cached(members, now + self.cache_seconds, now)
         self._sweep(now)
-        for waiter in self._loading.pop(service_id, []):
+        for waiter in loading.pop(service_id, []):
             waiter.callback(members)
 
-    def _load_failed(self, failure: Failure, service_id: int) -> None:
-        waiters = self._loading.pop(service_id, [])
-        entry = self._cache.get(service_id)
+    def _load_failed(
+        self, failure: Failure, service_id: int, cache: dict[int, _Cached], loading: dict[int, list[Deferred]]
+    ) -> None:
+        waiters = loading.pop(service_id, [])
+        entry = cache.get(service_id)
         if entry is not None:
             self.log.warn(
                 "cannot read the routes of service {service_id}, using the last known: {error}",
@@ -482,16 +695,48 @@ class Router:
             return
         self._next_sweep = now + 60.0
         horizon = now - max(_FORGET_SECONDS, self.cache_seconds)
-        for service_id, entry in list(self._cache.items()):
-            if entry.used_at < horizon:
-                del self._cache[service_id]
+        for cache in (self._cache, self._link_cache):
+            for service_id, entry in list(cache.items()):
+                if entry.used_at < horizon:
+                    del cache[service_id]
 
     def forget(self, service_id: int | None = None) -> None:
         """Drop cached routes (of one service, or all): the next call reads them again."""
-        if service_id is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(service_id, None)
+        for cache in (self._cache, self._link_cache):
+            if service_id is None:
+                cache.clear()
+            else:
+                cache.pop(service_id, None)
+
+    # -- message routes ----------------------------------------------------------------
+
+    def set_links(self, links: LinkState | None) -> None:
+        """The link manager whose ``is_bound`` says which links can send now."""
+        self.links = links
+
+    def route_message(
+        self, service_id: int, source: str, destination: str, *, include_down: bool = False
+    ) -> Deferred:
+        """Fire with the SMPP links for a message, in the order to try them.
+
+        Read and cached like ``route``; only links bound now are kept, unless
+        ``include_down`` (the engine then queues the message on the best link
+        that is configured, to be sent when it binds).
+        """
+        d = self._cached(service_id, self._link_cache, self._link_loading, load_link_members)
+        d.addCallback(self._message_candidates, source, destination, include_down)
+        return d
+
+    def _message_candidates(
+        self, members: list[LinkMember], source: str, destination: str, include_down: bool
+    ) -> list[MessageCandidate]:
+        candidates = order_message_candidates(members, source, destination, self.rng)
+        if include_down:
+            return candidates
+        links = self.links
+        if links is None:
+            return []
+        return [candidate for candidate in candidates if links.is_bound(candidate.link_id)]
 
     # -- limits ---------------------------------------------------------------------
 

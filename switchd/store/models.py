@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -394,9 +395,18 @@ sms_messages = Table(
     "sms_messages",
     metadata,
     Column("id", BigId, primary_key=True),
+    # Our message id, as given to the customer (submit_sm_resp, HTTP answer).
+    Column("message_id", String(64), nullable=False, unique=True),
     Column("account_id", Integer, ForeignKey("accounts.id"), nullable=True),
     Column("service_id", Integer, ForeignKey("services.id"), nullable=True),
     Column("direction", String(4), nullable=False, default="mt"),
+    # Who submitted (mt: "smpp" or "http") or received (mo: "smpp" or "http")
+    # it, and through which smpp_connections / http_connections row.
+    Column("origin_kind", String(8), nullable=False, default="smpp"),
+    Column("connection_id", Integer, nullable=True),
+    Column("client_reference", String(200), nullable=True),
+    # The node whose queue sends it upstream.
+    Column("node", String(100), nullable=True),
     Column("source", String(21), nullable=False),
     Column("destination", String(21), nullable=False),
     Column("body", Text, nullable=False, default=""),
@@ -404,14 +414,105 @@ sms_messages = Table(
     Column("esm_class", Integer, nullable=False, default=0),
     Column("registered_delivery", Integer, nullable=False, default=0),
     Column("parts", Integer, nullable=False, default=1),
-    Column("status", String(16), nullable=False, default="accepted"),
+    # ENROUTE until every part is final, then DELIVERED, UNDELIVERABLE...
+    Column("status", String(16), nullable=False, default="ENROUTE"),
     Column("smpp_link_id", Integer, ForeignKey("smpp_links.id"), nullable=True),
     Column("upstream_message_id", String(65), nullable=True, index=True),
     Column("error_code", Integer, nullable=True),
+    Column("price", Money(), nullable=False, default=0),  # per part
     Column("charge", Money(), nullable=False, default=0),
+    Column("scheduled_at", UTCDateTime(), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("done_at", UTCDateTime(), nullable=True),
     _created(),
     _updated(),
     Index("ix_sms_messages_account_id_id", "account_id", "id"),
+)
+
+sms_parts = Table(
+    "sms_parts",
+    metadata,
+    # The upstream queue: one row per PDU to send, as split for its link.
+    # A part is "queued" until the SMSC acknowledged it ("sent", with its
+    # upstream id), then takes the final state of its receipt.
+    Column("id", BigId, primary_key=True),
+    Column(
+        "sms_message_id",
+        BigId,
+        ForeignKey("sms_messages.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("number", Integer, nullable=False, default=1),
+    Column("total", Integer, nullable=False, default=1),
+    Column("node", String(100), nullable=False),
+    Column("smpp_link_id", Integer, ForeignKey("smpp_links.id"), nullable=True),
+    Column("state", String(16), nullable=False, default="queued"),
+    Column("short_message", LargeBinary, nullable=False),
+    # True: the content goes in the message_payload TLV (long not_split
+    # messages, data_sm links).
+    Column("in_payload", Boolean, nullable=False, default=False),
+    Column("data_coding", Integer, nullable=False, default=0),
+    Column("esm_class", Integer, nullable=False, default=0),
+    Column("registered_delivery", Integer, nullable=False, default=0),
+    Column("tlvs", JSON, nullable=False, default=dict),
+    Column("upstream_message_id", String(65), nullable=True),
+    # normalize_message_id(upstream_message_id): what receipts are matched on.
+    Column("upstream_key", String(65), nullable=True),
+    Column("error_code", Integer, nullable=True),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("sent_at", UTCDateTime(), nullable=True),
+    Column("done_at", UTCDateTime(), nullable=True),
+    _created(),
+    _updated(),
+    Index("ix_sms_parts_queue", "node", "smpp_link_id", "state", "id"),
+    Index("ix_sms_parts_upstream_key", "upstream_key"),
+)
+
+sms_outbox = Table(
+    "sms_outbox",
+    metadata,
+    # Receipts and MO messages waiting for a customer's ESME (deliver_sm),
+    # kept until it answers deliver_sm_resp OK.
+    Column("id", BigId, primary_key=True),
+    Column(
+        "connection_id",
+        Integer,
+        ForeignKey("smpp_connections.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("kind", String(8), nullable=False),  # receipt or mo
+    Column("sms_message_id", BigId, ForeignKey("sms_messages.id", ondelete="CASCADE"), nullable=True),
+    Column("source", String(65), nullable=False),
+    Column("destination", String(65), nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("data_coding", Integer, nullable=False, default=0),
+    Column("esm_class", Integer, nullable=False, default=0),
+    Column("tlvs", JSON, nullable=False, default=dict),
+    Column("state", String(8), nullable=False, default="pending"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("done_at", UTCDateTime(), nullable=True),
+    _created(),
+    Index("ix_sms_outbox_pending", "connection_id", "state", "id"),
+)
+
+sms_sending_counts = Table(
+    "sms_sending_counts",
+    metadata,
+    # Anti-fraud "sending restriction": messages an HTTP connection sent to
+    # one destination number in one window.
+    Column("id", BigId, primary_key=True),
+    Column(
+        "connection_id",
+        Integer,
+        ForeignKey("http_connections.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("destination", String(32), nullable=False),
+    Column("window_start", UTCDateTime(), nullable=False, index=True),
+    Column("count", Integer, nullable=False, default=0),
+    UniqueConstraint("connection_id", "destination", "window_start", name="uq_sms_sending_counts_key"),
 )
 
 idempotency_keys = Table(

@@ -82,7 +82,7 @@ def test_postgresql_database_from_the_environment(tmp_path, pg_schema_url):
 @pytest.mark.parametrize(
     "ini, env, expected",
     [
-        ("[smpp]\nlisten = tcp:2775\n", {}, "switchd.ini: [smpp]: unknown section"),
+        ("[smtp]\nlisten = tcp:25\n", {}, "switchd.ini: [smtp]: unknown section"),
         ("[api]\nlisen = tcp:1\n", {}, "switchd.ini: [api] lisen: unknown key"),
         ("[database]\npool_size = lots\n", {}, "switchd.ini: [database] pool_size: expected an integer, got 'lots'"),
         ("", {"SWITCHD_API_PAGE_SIZE": "-1"},

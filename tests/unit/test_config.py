@@ -63,7 +63,7 @@ def test_environment_wins_over_the_file(tmp_path):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("[smpp]\nlisten = tcp:2775\n", r"\[smpp\]: unknown section; known sections: switchd, database, api, sip"),
+        ("[smtp]\nlisten = tcp:25\n", r"\[smtp\]: unknown section; known sections: switchd, database, api, sip"),
         ("[api]\nport = 8080\n", r"\[api\] port: unknown key; known keys: listen,"),
         ("[database]\npool_size = many\n", r"\[database\] pool_size: expected an integer, got 'many'"),
         ("[database]\npool_size = 0\n", r"\[database\] pool_size: must be at least 1, got 0"),

@@ -1,0 +1,461 @@
+"""Status callbacks of HTTP connections: the customer's URL hears about its messages.
+
+:class:`StatusCallbacks` listens to ``MessageStateChanged`` on the bus and,
+for messages sent through an HTTP connection (origin kind ``"http"``),
+calls the connection's URL:
+
+* a *start* callback (with StartCallback on) when the message is under way
+  (ENROUTE: stored and being sent upstream);
+* an *end* callback (with EndCallback on) at its final state (DELIVERED,
+  ACCEPTED, EXPIRED, DELETED, UNDELIVERABLE, UNKNOWN, REJECTED).
+
+Each callback goes with the connection's transfer method (GET: the fields as
+query parameters; POST: a body), its extra headers, HTTP Basic
+authentication when a username is set, and the payload of its callback
+version:
+
+``V1`` (flat, form style)
+    ``id``, ``type`` (start/end), ``status`` (the state word),
+    ``error_code`` (empty when none), ``parts``, ``to``, ``from`` (only with
+    "Pass A-number"), ``client_reference`` (empty when none) and
+    ``timestamp`` (Unix seconds of the state change).  POST sends them
+    ``application/x-www-form-urlencoded``.
+``V2`` (JSON)
+    ``event_id``, ``type``, ``message_id``, ``state``, ``final`` (bool),
+    ``parts``, ``error_code`` (null when none), ``to``, ``from`` (only with
+    "Pass A-number"), ``client_reference`` (null when none) and
+    ``timestamp`` (ISO 8601, UTC).  POST sends ``application/json``; GET the
+    same keys as parameters (nulls left out, booleans as true/false).
+``V4`` (Standard Webhooks envelope)
+    ``{"type": "sms.start" | "sms.end", "timestamp": ISO 8601, "data": {...}}``
+    where ``data`` holds V2's message fields (``message_id``, ``state``,
+    ``final``, ``parts``, ``error_code``, ``to``, ``from``,
+    ``client_reference``).  GET flattens ``data`` next to ``type`` and
+    ``timestamp``.
+
+An MO message for a customer reached by HTTP (``MessageReceived``: its
+service has no SMPP connection) goes to the same URL, the same way, whatever
+the start and end switches say, as an ``mo`` callback: V1 ``id``, ``type``
+(mo), ``from``, ``to``, ``text``, ``timestamp``; V2 ``event_id``, ``type``,
+``message_id``, ``from``, ``to``, ``text``, ``data_coding``, ``timestamp``;
+V4 ``{"type": "sms.mo", "timestamp": ..., "data": {message_id, from, to,
+text, data_coding}}``.
+
+Every callback carries the Standard Webhooks headers ``webhook-id`` (the
+event id: stable for one message state, so retries and duplicates can be
+recognised), ``webhook-timestamp`` (Unix seconds of this attempt) and, when
+the connection has a password, ``webhook-signature: v1,<base64 HMAC-SHA256>``
+over ``"<id>.<timestamp>.<body>"`` keyed with the password's UTF-8 octets
+(for GET the body is the query string).
+
+A 2xx answer is success.  Anything else (another status, no answer within
+the timeout, a refused connection) is retried with exponential backoff on
+the injected clock (1, 2, 4 ... seconds, at most ``backoff_cap``, at most
+``max_attempts`` tries) when CallbackRepeat is on, else dropped after the
+one try.  Callbacks never hold anything up: the bus handler only queues; at
+most ``max_in_flight`` requests run at once and at most ``max_queue`` wait
+(beyond that the oldest waiting ones are dropped and counted).  Pending
+callbacks live in memory: a restart loses the ones not yet delivered.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+from twisted.application.service import Service
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from ..smpp import dlr
+from ..sms.engine import MessageReceived, MessageStateChanged
+from ..store.models import http_connections
+
+__all__ = ["FINAL_STATES", "Callback", "HttpSettings", "StatusCallbacks", "build_request", "event_id", "sign"]
+
+#: States after which nothing more happens (end callbacks); the others get start callbacks.
+FINAL_STATES = dlr.FINAL_STATES
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The callback settings of one HTTP connection."""
+
+    connection_id: int
+    url: str | None
+    method: str = "POST"
+    version: str = "V1"
+    start: bool = False
+    end: bool = False
+    username: str | None = None
+    password: str | None = None
+    repeat: bool = False
+    pass_a_number: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def wants(self, kind: str) -> bool:
+        """Start and end callbacks follow their switches; MO goes wherever a URL is set."""
+        if not self.url:
+            return False
+        return {"start": self.start, "end": self.end}.get(kind, True)
+
+
+def load_settings(conn: Connection, connection_id: int) -> HttpSettings | None:
+    row = conn.execute(select(http_connections).where(http_connections.c.id == connection_id)).first()
+    if row is None:
+        return None
+    headers = row.headers if isinstance(row.headers, dict) else {}
+    return HttpSettings(
+        connection_id=row.id,
+        url=row.url,
+        method=(row.transfer_method or "POST").upper(),
+        version=row.callback_version or "V1",
+        start=bool(row.start_callback),
+        end=bool(row.end_callback),
+        username=row.username,
+        password=row.password,
+        repeat=bool(row.callback_repeat),
+        pass_a_number=bool(row.pass_a_number),
+        headers={str(k): str(v) for k, v in headers.items()},
+    )
+
+
+def event_id(message_id: str, state: str) -> str:
+    """Stable id of one state of one message: the same for every retry and duplicate."""
+    return "evt_" + hashlib.sha256(f"{message_id}\0{state}".encode()).hexdigest()[:32]
+
+
+def sign(secret: str, event: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks ``webhook-signature`` value."""
+    mac = hmac.new(secret.encode("utf-8"), f"{event}.{timestamp}.".encode() + body, hashlib.sha256)
+    return "v1," + base64.b64encode(mac.digest()).decode("ascii")
+
+
+@dataclass
+class Callback:
+    """One callback to deliver (with its retry count)."""
+
+    settings: HttpSettings
+    kind: str  # start, end, or mo
+    event: Any  # MessageStateChanged (start, end) or MessageReceived (mo)
+    attempts: int = 0
+
+    @property
+    def id(self) -> str:
+        return event_id(self.event.message_id, "MO" if self.kind == "mo" else self.event.state)
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _message_fields(event: Any, settings: HttpSettings, final: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "message_id": event.message_id,
+        "state": event.state,
+        "final": final,
+        "parts": event.parts,
+        "error_code": event.error_code,
+        "to": event.destination,
+    }
+    if settings.pass_a_number:
+        data["from"] = event.source
+    data["client_reference"] = event.client_reference
+    return data
+
+
+def _mo_payload(callback: Callback) -> dict[str, Any]:
+    event, version = callback.event, callback.settings.version
+    if version == "V1":
+        return {"id": event.message_id, "type": "mo", "from": event.source, "to": event.destination,
+                "text": event.text, "timestamp": int(event.at)}
+    data = {"message_id": event.message_id, "from": event.source, "to": event.destination, "text": event.text,
+            "data_coding": event.data_coding}
+    if version == "V4":
+        return {"type": "sms.mo", "timestamp": _iso(event.at), "data": data}
+    return {"event_id": callback.id, "type": "mo", **data, "timestamp": _iso(event.at)}
+
+
+def payload(callback: Callback) -> dict[str, Any]:
+    """The fields of a callback in its connection's version (see the module docstring)."""
+    if callback.kind == "mo":
+        return _mo_payload(callback)
+    event, settings, kind = callback.event, callback.settings, callback.kind
+    final = event.state in FINAL_STATES
+    if settings.version == "V1":
+        fields: dict[str, Any] = {
+            "id": event.message_id,
+            "type": kind,
+            "status": event.state,
+            "error_code": "" if event.error_code is None else event.error_code,
+            "parts": event.parts,
+            "to": event.destination,
+        }
+        if settings.pass_a_number:
+            fields["from"] = event.source
+        fields["client_reference"] = event.client_reference or ""
+        fields["timestamp"] = int(event.at)
+        return fields
+    if settings.version == "V4":
+        return {"type": f"sms.{kind}", "timestamp": _iso(event.at), "data": _message_fields(event, settings, final)}
+    return {"event_id": callback.id, "type": kind, **_message_fields(event, settings, final),
+            "timestamp": _iso(event.at)}
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _flat(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            out += _flat(value)
+        elif value is not None:
+            out.append((name, _query_value(value)))
+    return out
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+
+
+def build_request(callback: Callback, now: float) -> HttpRequest:
+    """The request of one attempt: method, URL (with query for GET), headers, body."""
+    settings = callback.settings
+    fields = payload(callback)
+    headers = dict(settings.headers)
+    assert settings.url is not None
+    if settings.method == "GET":
+        query = urllib.parse.urlencode(_flat(fields))
+        parts = urllib.parse.urlsplit(settings.url)
+        joined = f"{parts.query}&{query}" if parts.query else query
+        url = urllib.parse.urlunsplit(parts._replace(query=joined))
+        body = None
+        signed = query.encode("ascii")
+    else:
+        url = settings.url
+        if settings.version == "V1":
+            body = urllib.parse.urlencode(_flat(fields)).encode("ascii")
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            body = json.dumps(fields, separators=(",", ":")).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        signed = body
+    timestamp = int(now)
+    headers["webhook-id"] = callback.id
+    headers["webhook-timestamp"] = str(timestamp)
+    if settings.password:
+        headers["webhook-signature"] = sign(settings.password, callback.id, timestamp, signed)
+    return HttpRequest(settings.method, url, headers, body)
+
+
+class CallbackFailed(Exception):
+    """One attempt did not get a 2xx answer."""
+
+
+class StatusCallbacks(Service):
+    """Queue, send and retry status callbacks; see the module docstring."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        db: Any,
+        clock: IReactorTime,
+        bus: Any,
+        http: Any,
+        *,
+        registry: CollectorRegistry | None = None,
+        timeout: float = 10.0,
+        max_attempts: int = 10,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        max_in_flight: int = 64,
+        max_queue: int = 10000,
+        settings_seconds: float = 10.0,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.bus = bus
+        self.http = http
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.max_in_flight = max_in_flight
+        self.max_queue = max_queue
+        self.settings_seconds = settings_seconds
+        self._queue: deque[Callback] = deque()
+        self._in_flight = 0
+        self._retries: dict[int, IDelayedCall] = {}
+        self._retry_ids = 0
+        self._settings: dict[int, tuple[float, HttpSettings | None]] = {}
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._dropping = False
+        registry = registry if registry is not None else CollectorRegistry()
+        self.sent = Counter("switchd_sms_callbacks", "Status callbacks by outcome", ["outcome"], registry=registry)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._unsubscribe = [
+            self.bus.subscribe(MessageStateChanged, self.on_event),
+            self.bus.subscribe(MessageReceived, self.on_mo),
+        ]
+
+    def stopService(self) -> None:
+        super().stopService()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        waiting = len(self._queue) + len(self._retries)
+        if waiting:
+            self.log.info("{count} status callback(s) not sent at shutdown", count=waiting)
+        for call in self._retries.values():
+            if call.active():
+                call.cancel()
+        self._retries.clear()
+        self._queue.clear()
+
+    # -- events -----------------------------------------------------------------------
+
+    def on_event(self, event: MessageStateChanged) -> None:
+        """Bus sink: only looks and queues, never waits."""
+        if event.origin_kind != "http":
+            return
+        self._prepare("end" if event.state in FINAL_STATES else "start", event)
+
+    def on_mo(self, event: MessageReceived) -> None:
+        """An MO for a customer reached by HTTP: to its callback URL."""
+        if event.origin_kind == "http":
+            self._prepare("mo", event)
+
+    def _prepare(self, kind: str, event: Any) -> None:
+        d = ensureDeferred(self._settings_of(event.connection_id))
+        d.addCallback(self._queued, kind, event)
+        d.addErrback(lambda f: self.log.failure("status callback for {id} not queued", f, id=event.message_id))
+
+    async def _settings_of(self, connection_id: int) -> HttpSettings | None:
+        now = self.clock.seconds()
+        cached = self._settings.get(connection_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        settings = await self.db.run(load_settings, connection_id)
+        if len(self._settings) > 10000:
+            self._settings.clear()
+        self._settings[connection_id] = (now + self.settings_seconds, settings)
+        return settings
+
+    def _queued(self, settings: HttpSettings | None, kind: str, event: Any) -> None:
+        if settings is None or not settings.wants(kind) or not self.running:
+            return
+        self._enqueue(Callback(settings, kind, event))
+
+    def _enqueue(self, callback: Callback) -> None:
+        if len(self._queue) >= self.max_queue:
+            self._queue.popleft()
+            self.sent.labels("dropped").inc()
+            if not self._dropping:
+                self._dropping = True
+                self.log.warn("status callback queue full ({size}); dropping the oldest", size=self.max_queue)  # noqa: G010
+        self._queue.append(callback)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._queue and self._in_flight < self.max_in_flight:
+            callback = self._queue.popleft()
+            self._in_flight += 1
+            d = ensureDeferred(self._attempt(callback))
+            d.addBoth(self._finished, callback)
+        if not self._queue:
+            self._dropping = False
+
+    # -- attempts ---------------------------------------------------------------------
+
+    async def _attempt(self, callback: Callback) -> None:
+        callback.attempts += 1
+        request = build_request(callback, self.clock.seconds())
+        kwargs: dict[str, Any] = {"headers": request.headers, "allow_redirects": False}
+        if request.body is not None:
+            kwargs["data"] = request.body
+        if callback.settings.username:
+            kwargs["auth"] = (callback.settings.username, callback.settings.password or "")
+        d = self.http.request(request.method, request.url, **kwargs)
+        d.addTimeout(self.timeout, self.clock)
+        response = await d
+        code = response.code
+        # Read (and forget) the body so a persistent connection can be reused.
+        content = getattr(response, "content", None)
+        if callable(content):
+            body = content()
+            body.addTimeout(self.timeout, self.clock)
+            body.addErrback(lambda _: None)  # a body cut short changes nothing: the status code counts
+            await body
+        if not 200 <= code < 300:
+            raise CallbackFailed(f"HTTP {code}")
+
+    def _finished(self, result: Any, callback: Callback) -> None:
+        self._in_flight -= 1
+        if result is None:
+            self.sent.labels("delivered").inc()
+        else:
+            self._failed(result, callback)
+        self._pump()
+
+    def _failed(self, failure: Any, callback: Callback) -> None:
+        error = failure.value
+        reason = str(error) if isinstance(error, CallbackFailed) else type(error).__name__
+        if callback.settings.repeat and callback.attempts < self.max_attempts and self.running:
+            delay = min(self.backoff_cap, self.backoff_base * 2 ** (callback.attempts - 1))
+            self.sent.labels("retried").inc()
+            self._retry_ids += 1
+            token = self._retry_ids
+            self._retries[token] = self.clock.callLater(delay, self._retry, token, callback)
+            return
+        self.sent.labels("failed").inc()
+        self.log.info(
+            "status callback {event} for message {id} to connection {connection} failed after {attempts} "
+            "attempt(s): {reason}",
+            event=callback.id, id=callback.event.message_id, connection=callback.settings.connection_id,
+            attempts=callback.attempts, reason=reason,
+        )
+
+    def _retry(self, token: int, callback: Callback) -> None:
+        self._retries.pop(token, None)
+        self._enqueue(callback)
+
+    @property
+    def pending(self) -> int:
+        """Callbacks queued, sending or waiting for a retry."""
+        return len(self._queue) + self._in_flight + len(self._retries)
+
+
+def default_http_client(reactor: Any) -> Any:
+    """treq over a persistent connection pool of ``reactor``."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 4
+    return HTTPClient(Agent(reactor, pool=pool))
+

@@ -1,0 +1,272 @@
+"""Status callbacks: payload versions, methods, auth, headers, signatures,
+retries with backoff and timeouts on task.Clock, concurrency, on a fake HTTP
+client; settings read from the real database."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import urllib.parse
+
+from sqlalchemy import insert
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from switchd.api.auth import new_secret_hash
+from switchd.api.webhooks import (
+    Callback,
+    HttpSettings,
+    StatusCallbacks,
+    build_request,
+    event_id,
+    load_settings,
+    sign,
+)
+from switchd.core.events import EventBus
+from switchd.sms.engine import MessageReceived, MessageStateChanged
+from switchd.store import models as m
+
+NOW = datetime.datetime(2026, 11, 21, 12, 0, tzinfo=datetime.UTC)
+
+
+class Response:
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def content(self) -> Deferred:
+        return succeed(b"ok")
+
+
+class FakeHttp:
+    """Records requests; each answers when the test says."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+
+    def request(self, method, url, **kwargs) -> Deferred:
+        d: Deferred = Deferred()
+        self.requests.append({"method": method, "url": url, "d": d, **kwargs})
+        return d
+
+    def answer(self, index: int, code: int = 200) -> None:
+        self.requests[index]["d"].callback(Response(code))
+
+
+class FakeDb:
+    def __init__(self, settings: dict[int, HttpSettings]) -> None:
+        self.settings = settings
+        self.loads = 0
+
+    def run(self, fn, connection_id):
+        assert fn is load_settings
+        self.loads += 1
+        return succeed(self.settings.get(connection_id))
+
+
+def settings(**kw) -> HttpSettings:
+    base = {"connection_id": 5, "url": "https://crm.example/cb", "start": True, "end": True, "version": "V2"}
+    return HttpSettings(**{**base, **kw})
+
+
+def changed(state: str = "DELIVERED", kind: str = "http", connection_id: int = 5, at: float = 1_800_000_000.0,
+            **kw) -> MessageStateChanged:
+    base = {"at": at, "message_id": "m0001", "account_id": 2, "service_id": 3, "origin_kind": kind,
+                "connection_id": connection_id, "state": state, "parts": 2, "error_code": None, "source": "ACME",
+                "destination": "447700900001", "client_reference": "order-42"}
+    return MessageStateChanged(**{**base, **kw})
+
+
+class World:
+    def __init__(self, **kw) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_100)
+        self.bus = EventBus()
+        self.http = FakeHttp()
+        self.db = FakeDb({5: settings(**kw)})
+        self.callbacks = StatusCallbacks(self.db, self.clock, self.bus, self.http, timeout=10, max_attempts=4,
+                                         max_in_flight=2)
+        self.callbacks.startService()
+
+
+def test_v2_post_json_with_basic_auth_headers_and_signature():
+    world = World(username="u", password="pw", headers={"X-Token": "abc"})
+    world.bus.publish(changed("ENROUTE"))
+    world.bus.publish(changed("DELIVERED"))
+    world.bus.publish(changed("DELIVERED", kind="smpp"))  # not an HTTP message: no callback
+    start, end = world.http.requests
+    assert start["method"] == "POST" and start["url"] == "https://crm.example/cb"
+    assert start["auth"] == ("u", "pw") and start["allow_redirects"] is False
+    headers = end["headers"]
+    assert headers["X-Token"] == "abc" and headers["Content-Type"] == "application/json"
+    body = json.loads(end["data"])
+    assert body == {"event_id": event_id("m0001", "DELIVERED"), "type": "end", "message_id": "m0001",
+                    "state": "DELIVERED", "final": True, "parts": 2, "error_code": None, "to": "447700900001",
+                    "client_reference": "order-42", "timestamp": "2027-01-15T08:00:00Z"}
+    assert json.loads(start["data"])["type"] == "start" and json.loads(start["data"])["final"] is False
+    # Standard Webhooks: id, timestamp of the attempt, HMAC-SHA256 over "id.timestamp.body".
+    assert headers["webhook-id"] == body["event_id"] and headers["webhook-timestamp"] == "1800000100"
+    mac = hmac.new(b"pw", f"{body['event_id']}.1800000100.".encode() + end["data"], hashlib.sha256).digest()
+    assert headers["webhook-signature"] == "v1," + base64.b64encode(mac).decode()
+
+
+def test_start_and_end_follow_the_switches():
+    world = World(start=False)
+    world.bus.publish(changed("ENROUTE"))
+    world.bus.publish(changed("UNDELIVERABLE", error_code=34))
+    [end] = world.http.requests
+    assert json.loads(end["data"])["error_code"] == 34
+    world = World(end=False, url=None)
+    world.bus.publish(changed("ENROUTE"))
+    assert world.http.requests == []
+
+
+def test_v1_get_and_post_and_pass_a_number():
+    world = World(version="V1", method="GET", url="https://crm.example/cb?token=1", pass_a_number=True)
+    world.bus.publish(changed("DELIVERED"))
+    [get] = world.http.requests
+    url = urllib.parse.urlsplit(get["url"])
+    query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+    assert query == {"token": "1", "id": "m0001", "type": "end", "status": "DELIVERED", "error_code": "",
+                     "parts": "2", "to": "447700900001", "from": "ACME", "client_reference": "order-42",
+                     "timestamp": "1800000000"}
+    assert "data" not in get and "webhook-signature" not in get["headers"] and "auth" not in get
+    world = World(version="V1")
+    world.bus.publish(changed("DELIVERED", client_reference=None))
+    [post] = world.http.requests
+    assert post["headers"]["Content-Type"] == "application/x-www-form-urlencoded"
+    form = dict(urllib.parse.parse_qsl(post["data"].decode(), keep_blank_values=True))
+    assert form["client_reference"] == "" and "from" not in form
+
+
+def test_v4_envelope_and_get_flattening():
+    callback = Callback(settings(version="V4", pass_a_number=True, password="k"), "end", changed())
+    request = build_request(callback, 1_800_000_200)
+    body = json.loads(request.body)
+    assert body["type"] == "sms.end" and body["timestamp"] == "2027-01-15T08:00:00Z"
+    assert body["data"]["from"] == "ACME" and body["data"]["final"] is True
+    assert request.headers["webhook-signature"] == sign("k", callback.id, 1_800_000_200, request.body)
+    get = build_request(Callback(settings(version="V4", method="GET"), "start", changed("ENROUTE")), 0)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(get.url).query))
+    assert query["type"] == "sms.start" and query["final"] == "false" and "error_code" not in query
+
+
+def test_retries_with_backoff_and_a_stable_event_id():
+    world = World(repeat=True)
+    world.bus.publish(changed())
+    world.http.answer(0, 500)
+    assert len(world.http.requests) == 1
+    world.clock.advance(1)
+    world.http.answer(1, 503)
+    world.clock.advance(1.9)
+    assert len(world.http.requests) == 2
+    world.clock.advance(0.1)  # 2 s after the second failure
+    world.http.answer(2, 204)
+    ids = {r["headers"]["webhook-id"] for r in world.http.requests}
+    stamps = [r["headers"]["webhook-timestamp"] for r in world.http.requests]
+    assert len(ids) == 1 and stamps == ["1800000100", "1800000101", "1800000103"]
+    assert world.callbacks.pending == 0
+    assert world.clock.getDelayedCalls() == []
+
+
+def test_gives_up_after_max_attempts_and_without_repeat_tries_once():
+    world = World(repeat=True)
+    world.bus.publish(changed())
+    for attempt in range(4):
+        world.http.answer(attempt, 500)
+        world.clock.advance(2 ** attempt)
+    assert len(world.http.requests) == 4 and world.callbacks.pending == 0
+    once = World()
+    once.bus.publish(changed())
+    once.http.answer(0, 500)
+    once.clock.advance(3600)
+    assert len(once.http.requests) == 1
+
+
+def test_timeout_counts_as_a_failure():
+    world = World(repeat=True)
+    world.bus.publish(changed())
+    world.clock.advance(10)  # no answer: cancelled
+    assert world.http.requests[0]["d"].called
+    world.clock.advance(1)
+    assert len(world.http.requests) == 2
+
+
+def test_at_most_max_in_flight_and_settings_are_cached():
+    world = World()
+    for n in range(3):
+        world.bus.publish(changed(message_id=f"m{n}"))
+    assert len(world.http.requests) == 2 and world.callbacks.pending == 3
+    world.http.answer(0)
+    assert len(world.http.requests) == 3
+    assert world.db.loads == 1
+    world.clock.advance(10)
+    world.bus.publish(changed(message_id="m9"))
+    assert world.db.loads == 2
+
+
+def test_stop_cancels_retries():
+    world = World(repeat=True)
+    world.bus.publish(changed())
+    world.http.answer(0, 500)
+    world.callbacks.stopService()
+    assert world.clock.getDelayedCalls() == []
+    world.bus.publish(changed(message_id="m2"))
+    assert len(world.http.requests) == 1
+
+
+def test_load_settings_from_the_database(database):
+    def provision(conn):
+        customer = conn.execute(insert(m.customers).values(name="c", created_at=NOW, updated_at=NOW)
+                                .returning(m.customers.c.id)).scalar_one()
+        account = conn.execute(insert(m.accounts).values(customer_id=customer, currency="EUR", created_at=NOW,
+                                                         updated_at=NOW).returning(m.accounts.c.id)).scalar_one()
+        plan = conn.execute(insert(m.tariff_plans).values(name="p", currency="EUR", created_at=NOW,
+                                                          updated_at=NOW).returning(m.tariff_plans.c.id)).scalar_one()
+        service = conn.execute(insert(m.services).values(account_id=account, type="api", tariff_plan_id=plan,
+                                                         created_at=NOW, updated_at=NOW)
+                               .returning(m.services.c.id)).scalar_one()
+        salt, digest = new_secret_hash("x")
+        key = conn.execute(insert(m.api_keys).values(prefix="abcdefabcdef", salt=salt, secret_hash=digest,
+                                                     customer_id=customer, created_at=NOW)
+                           .returning(m.api_keys.c.id)).scalar_one()
+        return conn.execute(insert(m.http_connections).values(
+            service_id=service, api_key_id=key, callback_version="V4", start_callback=True, transfer_method="GET",
+            url="https://crm.example/cb", username="u", password="p", callback_repeat=True,
+            headers={"X-A": "1"}, created_at=NOW, updated_at=NOW).returning(m.http_connections.c.id)).scalar_one()
+
+    connection_id = database.run_blocking(provision)
+    loaded = database.run_blocking(load_settings, connection_id)
+    assert loaded == HttpSettings(connection_id=connection_id, url="https://crm.example/cb", method="GET",
+                                  version="V4", start=True, end=False, username="u", password="p", repeat=True,
+                                  pass_a_number=False, headers={"X-A": "1"})
+    assert database.run_blocking(load_settings, connection_id + 1) is None
+
+
+def mo(**kw) -> MessageReceived:
+    base = {"at": 1_800_000_000.0, "message_id": "mo-1", "account_id": 2, "service_id": 3, "origin_kind": "http",
+            "connection_id": 5, "source": "447700900001", "destination": "447700900999", "content": b"Hi",
+            "data_coding": 0, "esm_class": 0, "text": "Hi"}
+    return MessageReceived(**{**base, **kw})
+
+
+def test_mo_for_http_customers_goes_to_the_callback_url():
+    world = World(start=False, end=False)
+    world.bus.publish(mo())
+    world.bus.publish(mo(origin_kind="smpp"))  # an ESME's: the outbox, not a callback
+    [request] = world.http.requests
+    body = json.loads(request["data"])
+    assert body == {"event_id": event_id("mo-1", "MO"), "type": "mo", "message_id": "mo-1",
+                    "from": "447700900001", "to": "447700900999", "text": "Hi", "data_coding": 0,
+                    "timestamp": "2027-01-15T08:00:00Z"}
+    v1 = build_request(Callback(settings(version="V1"), "mo", mo()), 0)
+    assert dict(urllib.parse.parse_qsl(v1.body.decode())) == {
+        "id": "mo-1", "type": "mo", "from": "447700900001", "to": "447700900999", "text": "Hi",
+        "timestamp": "1800000000"}
+    v4 = json.loads(build_request(Callback(settings(version="V4"), "mo", mo()), 0).body)
+    assert v4["type"] == "sms.mo" and v4["data"]["text"] == "Hi"
+    world = World(url=None)
+    world.bus.publish(mo())
+    assert world.http.requests == []
