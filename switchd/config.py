@@ -412,6 +412,70 @@ class SmppSection:
 
 
 @dataclass(frozen=True)
+class IifSection:
+    """[iif]: the callback interface application servers send REQUESTs to (seed 003)."""
+
+    listen: str = setting(
+        "0.0.0.0:5080",
+        parse_str,
+        "ADDRESS:PORT of the IIF UDP socket (the seed's default port is 5080; use [::]:5080 "
+        "for IPv6). Empty: no IIF interface.",
+    )
+    peers: tuple[str, ...] = setting(
+        "",
+        parse_words,
+        "Application servers served, as IP:PORT (or [IPv6]:PORT) separated by whitespace; "
+        "PORT 0 accepts any source port of that address. Datagrams from anyone else are ignored "
+        "and counted.",
+    )
+    service_id: int = setting(
+        "0",
+        parse_int(0),
+        "The service that pays for callbacks requested by these peers: its account is charged "
+        "and its routing group routes both calls. Required when peers are listed.",
+    )
+    default_caller: str = setting(
+        "",
+        parse_str,
+        "Calling number presented on both calls (the seed's \"Default caller\"). Required unless "
+        "external_line_mode is on.",
+    )
+    external_line_mode: bool = setting(
+        "false",
+        parse_bool,
+        "Present the trunk's own number instead of default_caller (the seed's \"External line "
+        "mode\").",
+    )
+    remember_seconds: int = setting(
+        "600",
+        parse_int(1, 86400),
+        "How long a finished REQUEST id is remembered: a retransmission within this time gets "
+        "the same ACK and RESPONSE again instead of a new callback.",
+    )
+
+
+@dataclass(frozen=True)
+class CallbackSection:
+    """[callback]: how switchd runs callbacks (IIF, click-to-dial, SMS, ANI)."""
+
+    ring_seconds: int = setting(
+        "60", parse_int(5, 600), "How long each party of a callback may ring before it counts as no answer."
+    )
+    balance_code: str = setting(
+        "111", parse_str, "Digits that make the callback IVR speak the account's balance (empty: off)."
+    )
+    hangup_code: str = setting(
+        "##", parse_str, "Digits with which user1 ends the second call and stays in the IVR for another number."
+    )
+    first_digit_seconds: float = setting(
+        "15", parse_float(1), "Seconds the IVR waits for the first digit of a number."
+    )
+    next_digit_seconds: float = setting(
+        "5", parse_float(1), "Seconds between digits after which the number is taken as complete (or #)."
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole process configuration."""
 
@@ -422,6 +486,8 @@ class Config:
     sip: SipSection = field(default_factory=SipSection)
     media: MediaSection = field(default_factory=MediaSection)
     smpp: SmppSection = field(default_factory=SmppSection)
+    iif: IifSection = field(default_factory=IifSection)
+    callback: CallbackSection = field(default_factory=CallbackSection)
 
     @property
     def state_dir(self) -> str:

@@ -260,6 +260,18 @@ def make_service(config: Config, reactor) -> MultiService:
         recordings_dir=config.media.recordings_dir or os.path.join(state_dir, "recordings"),
         run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
     )
+    if sip is not None:
+        import treq
+
+        from .api.callbacks import CallbacksAPI
+        from .api.notify import JsonPoster
+
+        poster = JsonPoster(reactor, treq.request, user_agent=config.sip.user_agent)
+        CallbacksAPI(api, sip.callbacks, post_json=poster.post, bus=bus).mount()
+        if config.iif.listen:
+            from .iif.service import IifService
+
+            IifService(config, reactor, sip.callbacks, registry).setServiceParent(top)
     site = Site(api.resource())
     site.displayTracebacks = False
     for description in config.api.listen:

@@ -30,6 +30,7 @@ class Daemon:
             "SWITCHD_API_LISTEN": "tcp:0:interface=127.0.0.1",
             "SWITCHD_SIP_LISTEN": SIP_LISTEN,
             "SWITCHD_SMPP_LISTEN": SMPP_LISTEN,
+            "SWITCHD_IIF_LISTEN": "127.0.0.1:0",
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None

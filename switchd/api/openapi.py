@@ -312,6 +312,118 @@ def _sms_paths(schemas: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _callback_paths(schemas: dict[str, Any]) -> dict[str, Any]:
+    """Click-to-dial (switchd/api/callbacks.py)."""
+    number = {"type": "string", "pattern": "^\\+?[0-9]{1,31}$"}
+    announcement = {"type": "string", "pattern": "^[0-9]{8}$"}
+    schemas["Callback"] = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"type": "string", "description": "starting, dialing1, answered1, collecting, dialing2, "
+                                                       "answered2, bridged or ended."},
+            "outcome": {"type": ["string", "null"], "enum": [None, "completed", "user1_busy", "user1_no_answer",
+                                                             "user1_failed", "user2_busy", "user2_no_answer",
+                                                             "user2_failed", "cancelled", "failed"]},
+            "user1": {"type": "string"},
+            "user2": {"type": ["string", "null"]},
+            "max_seconds": {"type": ["integer", "null"], "description": "Limit from user1's answer (request or money)."},
+            "real_duration": {"type": "integer", "description": "Seconds the two parties were bridged."},
+            "source": {"type": "string"},
+            "reference": {"type": "string"},
+            "account_id": {"type": ["integer", "null"]},
+            "started": {"type": "number"},
+        },
+        "required": ["id", "state", "outcome", "user1", "user2", "max_seconds", "real_duration", "source",
+                     "reference", "account_id", "started"],
+    }
+    callback_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"}}
+    return {
+        "/v1/callbacks/support": {
+            "get": {
+                "operationId": "callbackSupport",
+                "tags": ["callbacks"],
+                "summary": "May this service place click-to-dial calls?",
+                "parameters": [{"name": "service_id", "in": "query", "required": True,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}}],
+                "responses": {
+                    "200": {"description": "The answer and, when not, why", "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {"service_id": {"type": "integer"}, "supported": {"type": "boolean"},
+                                       "reason": {"type": ["string", "null"]}},
+                        "required": ["service_id", "supported", "reason"]}}}},
+                    **_problem_responses(401, 404, 422),
+                },
+            },
+        },
+        "/v1/callbacks": {
+            "post": {
+                "operationId": "createCallback",
+                "tags": ["callbacks"],
+                "summary": "Call a, then b, and bridge them (click-to-dial)",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "minLength": 1,
+                                                                                      "maxLength": 255}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "service_id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                        "a": number, "b": number,
+                        "max_seconds": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 0},
+                        "caller_id": number, "caller_id_b": number,
+                        "announcement_a": announcement, "announcement_b": announcement,
+                        "digits_b": {"type": "string", "pattern": "^[0-9*#]{1,32}$"},
+                        "language": {"type": "string", "enum": ["en", "es", "fr", "vi", "zh"]},
+                        "status_url": {"type": "string", "format": "uri", "maxLength": 2008},
+                    },
+                    "required": ["service_id", "a", "b"],
+                }}}},
+                "responses": {
+                    "201": {"description": "a is being called", "content": _json("Callback")},
+                    **_problem_responses(400, 401, 402, 404, 409, 413, 415, 422, 503),
+                },
+            },
+        },
+        "/v1/callbacks/{id}": {
+            "parameters": [callback_id],
+            "get": {
+                "operationId": "getCallback",
+                "tags": ["callbacks"],
+                "summary": "A callback's state (kept an hour after it ends)",
+                "responses": {"200": {"description": "The callback", "content": _json("Callback")},
+                              **_problem_responses(401, 404)},
+            },
+            "delete": {
+                "operationId": "dropCallback",
+                "tags": ["callbacks"],
+                "summary": "End a callback: both calls end",
+                "responses": {"204": {"description": "Ended"}, **_problem_responses(401, 404, 409)},
+            },
+        },
+        "/v1/callbacks/{id}/events": {
+            "parameters": [callback_id],
+            "get": {
+                "operationId": "callbackEvents",
+                "tags": ["callbacks"],
+                "summary": "The steps of a callback, in order",
+                "responses": {
+                    "200": {"description": "Steps", "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {
+                            "callback_id": {"type": "string"}, "state": {"type": "string"},
+                            "outcome": {"type": ["string", "null"]}, "real_duration": {"type": "integer"},
+                            "items": {"type": "array", "items": {"type": "object", "properties": {
+                                "at": {"type": "number"}, "state": {"type": "string"}, "detail": {"type": "string"}},
+                                "required": ["at", "state", "detail"]}},
+                        },
+                        "required": ["callback_id", "state", "outcome", "real_duration", "items"]}}}},
+                    **_problem_responses(401, 404),
+                },
+            },
+        },
+    }
+
+
 def document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     schemas: dict[str, Any] = {
@@ -352,6 +464,7 @@ def document() -> dict[str, Any]:
     # Keep the account paths together in the document.
     paths.update(tx_paths)
     schemas.update(tx_schemas)
+    paths.update(_callback_paths(schemas))
     paths["/v1/trunks/{id}/status"] = {
         "parameters": [ID_PARAM],
         "get": {

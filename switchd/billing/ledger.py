@@ -124,3 +124,11 @@ def book(
         },
     ).one()
     return _movement(row, replayed=False)
+
+
+def balance_of(conn: Connection, account_id: int) -> tuple[Decimal, str]:
+    """The account's balance and currency (for the callback IVR's balance code)."""
+    row = conn.execute(select(accounts.c.balance, accounts.c.currency).where(accounts.c.id == account_id)).first()
+    if row is None:
+        raise LedgerError(f"no account {account_id}")
+    return row.balance, row.currency

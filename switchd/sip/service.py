@@ -27,7 +27,7 @@ from twisted.python.threadpool import ThreadPool
 
 import datetime
 
-from ..billing import cdr, rating
+from ..billing import cdr, ledger, rating
 from ..config import Config, ConfigError
 from ..core.calls import Call, CallRegistry
 from ..core.events import EventBus
@@ -295,6 +295,7 @@ class SIPService(Service):
             on_end=self._on_end,
             user_agent=sip.user_agent,
         )
+        callback = config.callback
         self.callbacks = CallbackEngine(
             reactor,
             authorize=self._authorize_number,
@@ -303,6 +304,12 @@ class SIPService(Service):
             media=self.media,
             publish=bus.publish,
             node=node,
+            ring_seconds=callback.ring_seconds,
+            balance_code=callback.balance_code,
+            hangup_code=callback.hangup_code,
+            first_digit_seconds=callback.first_digit_seconds,
+            next_digit_seconds=callback.next_digit_seconds,
+            balance=lambda account_id: self.db.run(ledger.balance_of, account_id),
         )
         registry.register(_SipCollector(self))
         self._loops: list[LoopingCall] = []
