@@ -21,6 +21,7 @@ from typing import Any, Callable
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from twisted.logger import Logger
+from werkzeug.routing import BaseConverter
 
 from ..core.callback import CallbackRefused, CallbackRequest, CallbackStateChanged
 from ..store.models import accounts, customers, idempotency_keys, services
@@ -48,6 +49,21 @@ def service_state(conn, service_id: int, customer_id: int | None) -> dict[str, A
     return dict(row._mapping)
 
 
+def _integer(value: Any) -> int | None:
+    """A JSON integer (7606.0 is one, as JSON Schema says); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+class HexId(BaseConverter):
+    regex = "[0-9a-f]{1,64}"
+
+
 class CallbacksAPI:
     """Routes mounted on the provisioning API's Klein app."""
 
@@ -68,11 +84,13 @@ class CallbacksAPI:
             handler("/v1/callbacks/support", self.support))
         app.route("/v1/callbacks", methods=["POST"], endpoint="createCallback")(
             handler("/v1/callbacks", self.create))
-        app.route("/v1/callbacks/<string:id>", methods=["GET"], endpoint="getCallback")(
+        # Callback ids are hex, so /v1/callbacks/support is never taken for one.
+        app.url_map.converters.setdefault("hexid", HexId)
+        app.route("/v1/callbacks/<hexid:id>", methods=["GET"], endpoint="getCallback")(
             handler("/v1/callbacks/{id}", self.get))
-        app.route("/v1/callbacks/<string:id>/events", methods=["GET"], endpoint="callbackEvents")(
+        app.route("/v1/callbacks/<hexid:id>/events", methods=["GET"], endpoint="callbackEvents")(
             handler("/v1/callbacks/{id}/events", self.events))
-        app.route("/v1/callbacks/<string:id>", methods=["DELETE"], endpoint="dropCallback")(
+        app.route("/v1/callbacks/<hexid:id>", methods=["DELETE"], endpoint="dropCallback")(
             handler("/v1/callbacks/{id}", self.drop))
 
     # -- support -------------------------------------------------------------------
@@ -126,13 +144,13 @@ class CallbacksAPI:
                 return None
             return value
 
-        service_id = body.get("service_id")
-        if not isinstance(service_id, int) or isinstance(service_id, bool) or not 1 <= service_id <= 2**31 - 1:
+        service_id = _integer(body.get("service_id"))
+        if service_id is None or not 1 <= service_id <= 2**31 - 1:
             errors.append({"field": "service_id", "message": "must be an integer from 1 to 2147483647"})
         a, b = number("a", True), number("b", True)
         caller_a, caller_b = number("caller_id", False), number("caller_id_b", False)
-        max_seconds = body.get("max_seconds", 0)
-        if not isinstance(max_seconds, int) or isinstance(max_seconds, bool) or not 0 <= max_seconds <= MAX_SECONDS:
+        max_seconds = _integer(body.get("max_seconds", 0))
+        if max_seconds is None or not 0 <= max_seconds <= MAX_SECONDS:
             errors.append({"field": "max_seconds", "message": f"must be an integer from 0 to {MAX_SECONDS}"})
         announcements = {}
         for name in ("announcement_a", "announcement_b"):
@@ -177,7 +195,8 @@ class CallbacksAPI:
         try:
             callback = await self.engine.start(wanted)
         except CallbackRefused as refused:
-            status = 402 if refused.status == 402 else 503 if refused.status == 503 else 422
+            # 402: no money; 503: limits or no trunk now; 409: the service cannot reach a number.
+            status = 402 if refused.status == 402 else 503 if refused.status == 503 else 409
             raise Problem(status, refused.reason, title="Callback refused") from None
         if url is not None:
             self.status_urls[callback.id] = url

@@ -361,8 +361,7 @@ def _callback_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                 "operationId": "createCallback",
                 "tags": ["callbacks"],
                 "summary": "Call a, then b, and bridge them (click-to-dial)",
-                "parameters": [{"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "minLength": 1,
-                                                                                      "maxLength": 255}}],
+                "parameters": [IDEMPOTENCY],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object",
                     "additionalProperties": False,
