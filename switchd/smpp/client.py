@@ -85,6 +85,9 @@ TEMPORARY = frozenset(
     }
 )
 
+#: Seconds an unbind waits for its answer when the link has no transaction timeout.
+UNBIND_GRACE = 5.0
+
 #: Settings whose change needs a new connection (and bind).
 CONNECTION_FIELDS = (
     "host",
@@ -355,13 +358,16 @@ class ClientProtocol(twisted_protocol.Protocol):
         self._expiry: IDelayedCall | None = None
         self._heartbeat: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
+        self._unbind_timer: IDelayedCall | None = None
         self.closed: Deferred = Deferred()
 
     # -- helpers -----------------------------------------------------------------
 
     @property
-    def timeout(self) -> float:
-        return max(self.settings.transaction_timeout_ms, 1) / 1000.0
+    def timeout(self) -> float | None:
+        """Seconds a request waits for its answer; None (setting 0): as long as the session lasts."""
+        ms = self.settings.transaction_timeout_ms
+        return ms / 1000.0 if ms > 0 else None
 
     def _next_sequence(self) -> int:
         self._sequence = self._sequence % 0x7FFFFFFF + 1
@@ -372,10 +378,11 @@ class ClientProtocol(twisted_protocol.Protocol):
 
     def _request(self, message: pdu.Pdu, kind: str, part: OutboundPart | None = None) -> None:
         data = message.encode()  # FieldError before anything is counted
-        deadline = self.clock.seconds() + self.timeout
+        timeout = self.timeout
+        deadline = self.clock.seconds() + timeout if timeout is not None else float("inf")
         self._pending[message.sequence] = _Request(kind, deadline, part)
-        if self._expiry is None:
-            self._expiry = self.clock.callLater(self.timeout, self._expire)
+        if self._expiry is None and timeout is not None:
+            self._expiry = self.clock.callLater(timeout, self._expire)
         self.transport.write(data)
 
     def _cancel(self, name: str) -> None:
@@ -403,7 +410,7 @@ class ClientProtocol(twisted_protocol.Protocol):
 
     def connectionLost(self, reason: Failure = twisted_protocol.connectionDone) -> None:
         self.state = "closed"
-        for name in ("_expiry", "_heartbeat", "_idle"):
+        for name in ("_expiry", "_heartbeat", "_idle", "_unbind_timer"):
             self._cancel(name)
         unanswered = [request.part for request in self._pending.values() if request.part is not None]
         self._pending.clear()
@@ -426,7 +433,8 @@ class ClientProtocol(twisted_protocol.Protocol):
             del self._pending[sequence]
         if self._pending:
             head = next(iter(self._pending.values()))
-            self._expiry = self.clock.callLater(max(head.deadline - now, 0.0), self._expire)
+            if head.deadline != float("inf"):
+                self._expiry = self.clock.callLater(max(head.deadline - now, 0.0), self._expire)
         for _, request in expired:
             if self.state == "closed":
                 break
@@ -485,6 +493,8 @@ class ClientProtocol(twisted_protocol.Protocol):
             self.state = "unbinding"
             self._cancel("_heartbeat")
             self._request(pdu.Unbind(sequence=self._next_sequence()), "unbind")
+            if self.timeout is None:  # no transaction timeout: still do not wait for ever
+                self._unbind_timer = self.clock.callLater(UNBIND_GRACE, self.close, "no answer to unbind")
         elif self.state != "closed":
             self.close("stopping")
         return self.closed

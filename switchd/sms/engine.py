@@ -325,7 +325,9 @@ class MessageEngine(Service):
     ``restriction_window_seconds`` (the anti-fraud sending restriction counts
     messages per destination number per window), ``deliver_window``
     (deliveries in flight per SMPP connection), ``max_pending`` (operations
-    waiting for the database before submits are throttled).
+    waiting for the database before submits are throttled), ``batch_size``
+    and ``max_in_flight`` (the group commit's largest batch and concurrent
+    transactions: 1 on SQLite, 2 on PostgreSQL by default).
     """
 
     log = Logger()
@@ -350,6 +352,7 @@ class MessageEngine(Service):
         sweep_seconds: float = 60.0,
         receipt_wait_seconds: float = 6.0,
         retry_seconds: float = 1.0,
+        max_in_flight: int | None = None,
         rng: secrets.SystemRandom | Any = None,
     ) -> None:
         self.db = db
@@ -368,10 +371,13 @@ class MessageEngine(Service):
         self.receipt_wait_seconds = receipt_wait_seconds
         self.retry_seconds = retry_seconds
         self.rng = rng if rng is not None else secrets.SystemRandom()
-        self.batcher = store.GroupCommit(db, max_batch=batch_size, max_pending=max_pending * 5)
+        self.batcher = store.GroupCommit(
+            db, max_batch=batch_size, max_pending=max_pending * 5, max_in_flight=max_in_flight
+        )
         self.max_pending = max_pending
         self._subscribers: dict[int, _Subscriber] = {}
         self._loops: list[LoopingCall] = []
+        self._stopped = False
         # Each operation is one function object, so the group commit can run
         # a batch of the same kind as one call.
         self._store_op = self._store_messages
@@ -405,14 +411,17 @@ class MessageEngine(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._stopped = False
         for interval, work in ((self.sweep_seconds, self.sweep), (self.outbox_poll_seconds, self._poll_outboxes)):
             loop = LoopingCall(work)
             loop.clock = self.clock
             loop.start(interval, now=False)
             self._loops.append(loop)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred:
+        """Stop the timers and the outbox; fires once every pending write is committed."""
         super().stopService()
+        self._stopped = True
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -420,6 +429,7 @@ class MessageEngine(Service):
         for subscriber in list(self._subscribers.values()):
             self._close_subscriber(subscriber)
         self._subscribers.clear()
+        return self.batcher.drained()
 
     # -- submit ---------------------------------------------------------------------
 
@@ -739,7 +749,9 @@ class MessageEngine(Service):
         except store.Overloaded as error:
             d = fail(error)
 
-        def failed(failure: Failure) -> Deferred:
+        def failed(failure: Failure) -> Deferred | Failure:
+            if self._stopped:
+                return failure  # stopping: the part stays queued and is sent again after the restart
             delay = min(self.retry_seconds * 2**attempt, 30.0)
             self.log.warn(  # noqa: G010 - twisted.logger has warn(), not warning()
                 "cannot store a link outcome ({error}); retrying in {delay} s",

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, bindparam, insert, or_, select, update
+from sqlalchemy import Column, Table, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -281,9 +281,17 @@ def _dialect_insert(name: str):
 
 # -- statements (built once) ------------------------------------------------------------------
 
-_INSERT_MESSAGES = insert(sms_messages).returning(sms_messages.c.id, sort_by_parameter_order=True)
-_INSERT_PARTS = insert(sms_parts).returning(sms_parts.c.id, sort_by_parameter_order=True)
-_INSERT_OUTBOX = insert(sms_outbox).returning(sms_outbox.c.id, sort_by_parameter_order=True)
+# Rows are inserted with ids allocated beforehand (``allocate_ids``): a plain
+# executemany, where RETURNING in parameter order would send SQLite one
+# statement per row.
+_INSERT_MESSAGES = insert(sms_messages)
+_INSERT_PARTS = insert(sms_parts)
+_INSERT_OUTBOX = insert(sms_outbox)
+_MAX_ID = {table.name: select(func.max(table.c.id)) for table in (sms_messages, sms_parts, sms_outbox)}
+_NEXTVAL = {
+    table.name: text(f"SELECT nextval(pg_get_serial_sequence('{table.name}', 'id')) FROM generate_series(1, :n)")
+    for table in (sms_messages, sms_parts, sms_outbox)
+}
 _INSERT_LEDGER = insert(ledger)
 _LOCK_BALANCE = select(accounts.c.balance).where(accounts.c.id == bindparam("account_id")).with_for_update()
 _SET_BALANCE = (
@@ -353,12 +361,11 @@ _FINISH_MESSAGE = (
         updated_at=bindparam("now", type_=sms_messages.c.updated_at.type),
     )
 )
-_MATCH_RECEIPT = (
-    select(sms_parts.c.id, sms_parts.c.state)
-    .where(sms_parts.c.upstream_key == bindparam("key"))
-    .order_by((sms_parts.c.smpp_link_id == bindparam("link_id")).desc(), sms_parts.c.id.desc())
-    .limit(1)
+_MATCH_KEYS = select(sms_parts.c.id, sms_parts.c.state, sms_parts.c.smpp_link_id, sms_parts.c.upstream_key).where(
+    sms_parts.c.upstream_key.in_(bindparam("keys", expanding=True))
 )
+#: Keys looked up per query when matching a batch of receipts.
+_KEYS_PER_QUERY = 500
 _LOAD_PARTS = (
     select(
         sms_parts.c.id,
@@ -474,6 +481,21 @@ def _dialect_statements(dialect: str) -> dict[str, Any]:
     return {"count_sendings": upsert}
 
 
+def allocate_ids(conn: Connection, table: Table, count: int) -> list[int]:
+    """``count`` new ids for ``table``, in the caller's transaction.
+
+    PostgreSQL draws them from the table's sequence. SQLite continues after
+    the largest id: its transactions take the write lock when they begin
+    (``BEGIN IMMEDIATE``), so no other writer can take the same ids.
+    """
+    if count <= 0:
+        return []
+    if conn.dialect.name == "postgresql":
+        return list(conn.execute(_NEXTVAL[table.name], {"n": count}).scalars())
+    start = (conn.execute(_MAX_ID[table.name]).scalar() or 0) + 1
+    return list(range(start, start + count))
+
+
 # -- the ledger, in bulk ---------------------------------------------------------------
 
 
@@ -572,7 +594,17 @@ def store_messages(
     counts: dict[tuple[int, str, datetime.datetime], int] = {}
     planned: dict[tuple[int, str, datetime.datetime], int] = {}
     spent: dict[int, Decimal] = {}
-    rates: dict[tuple[int, str], rating.Rate | None] = {}
+    # One rate lookup per tariff plan for the whole batch.
+    by_plan: dict[int, set[str]] = {}
+    for item in items:
+        row = payers[item.service_id]
+        if row is not None:
+            by_plan.setdefault(row.tariff_plan_id, set()).add(rating.number_digits(item.destination))
+    rates: dict[tuple[int, str], rating.Rate | None] = {
+        (plan, digits): rate
+        for plan, destinations in by_plan.items()
+        for digits, rate in rating.find_rates(conn, plan, destinations).items()
+    }
     results: list[StoredMessage | Rejected | None] = []
     accepted: list[tuple[int, NewMessage, rating.MessageAuthorization]] = []
     for item in items:
@@ -585,8 +617,6 @@ def store_messages(
             if not digits:
                 raise rating.Refusal(484, "no digits in the destination number")
             key = (row.tariff_plan_id, digits)
-            if key not in rates:
-                rates[key] = rating.find_rate(conn, row.tariff_plan_id, digits)
             available = None
             if row.billing_type != "postpaid":
                 available = balances[row.account_id] + row.credit_limit - spent.get(row.account_id, Decimal(0))
@@ -643,7 +673,10 @@ def store_messages(
                 "updated_at": item.submitted_at,
             }
         )
-    pks = list(conn.execute(_INSERT_MESSAGES, message_rows).scalars())
+    pks = allocate_ids(conn, sms_messages, len(message_rows))
+    for pk, row in zip(pks, message_rows):
+        row["id"] = pk
+    conn.execute(_INSERT_MESSAGES, message_rows)
     part_rows = []
     bookings: list[Booking] = []
     for pk, (_, item, authorization) in zip(pks, accepted):
@@ -685,7 +718,11 @@ def store_messages(
                         ),
                     )
                 )
-    part_ids = iter(conn.execute(_INSERT_PARTS, part_rows).scalars())
+    allocated = allocate_ids(conn, sms_parts, len(part_rows))
+    for part_id, row in zip(allocated, part_rows):
+        row["id"] = part_id
+    conn.execute(_INSERT_PARTS, part_rows)
+    part_ids = iter(allocated)
     if bookings:
         book_many(conn, bookings, accepted[0][1].submitted_at)
     if planned:
@@ -864,7 +901,9 @@ def finish_parts(conn: Connection, results: list[PartResult], now: datetime.date
     if finished:
         conn.execute(_FINISH_MESSAGE, finished)
     if receipts:
-        ids = list(conn.execute(_INSERT_OUTBOX, [row for _, _, row, _ in receipts]).scalars())
+        ids = allocate_ids(conn, sms_outbox, len(receipts))
+        rows = [{**row, "id": delivery_id} for delivery_id, (_, _, row, _) in zip(ids, receipts)]
+        conn.execute(_INSERT_OUTBOX, rows)
         for delivery_id, (index, connection_id, _, delivery) in zip(ids, receipts):
             outcomes[index].deliveries.append((connection_id, _with_id(delivery, delivery_id)))
     bookings = []
@@ -897,15 +936,30 @@ class ReceiptItem:
     now: datetime.datetime
 
 
-def match_receipt(conn: Connection, link_id: int, receipt: dlr.UpstreamReceipt) -> tuple[int, str] | None:
-    """The part (id, state) a receipt is about: its id under the first matching key,
-    on the receiving link by preference (a receiver link reports on messages
-    its transmitter sibling sent)."""
-    for key in receipt.lookup_keys():
-        row = conn.execute(_MATCH_RECEIPT, {"key": key[:65], "link_id": link_id}).first()
-        if row is not None:
-            return row.id, row.state
-    return None
+def match_receipts(conn: Connection, items: list[ReceiptItem]) -> list[tuple[int, str] | None]:
+    """The part (id, state) each receipt is about, or None; one query per key rank.
+
+    A receipt's id is looked up under its keys, most likely first
+    (``UpstreamReceipt.lookup_keys``), among the ids of every link: a receiver
+    link reports on messages its transmitter sibling sent; the receiving link
+    wins a tie, then the latest part.
+    """
+    keys = [item.receipt.lookup_keys() for item in items]
+    found: dict[int, tuple[int, str]] = {}
+    for rank in range(max((len(k) for k in keys), default=0)):
+        pending = [i for i in range(len(items)) if i not in found and rank < len(keys[i])]
+        wanted = sorted({keys[i][rank][:65] for i in pending})
+        rows: dict[str, list[Any]] = {}
+        for start in range(0, len(wanted), _KEYS_PER_QUERY):
+            for row in conn.execute(_MATCH_KEYS, {"keys": wanted[start : start + _KEYS_PER_QUERY]}):
+                rows.setdefault(row.upstream_key, []).append(row)
+        for i in pending:
+            candidates = rows.get(keys[i][rank][:65])
+            if candidates:
+                link_id = items[i].link_id
+                best = max(candidates, key=lambda row: (row.smpp_link_id == link_id, row.id))
+                found[i] = (best.id, best.state)
+    return [found.get(i) for i in range(len(items))]
 
 
 def record_receipts(conn: Connection, items: list[ReceiptItem]) -> list[ReceiptResult]:
@@ -913,8 +967,7 @@ def record_receipts(conn: Connection, items: list[ReceiptItem]) -> list[ReceiptR
     matched: list[bool] = []
     results: list[PartResult] = []
     owners: list[int] = []
-    for index, item in enumerate(items):
-        found = match_receipt(conn, item.link_id, item.receipt)
+    for index, (item, found) in enumerate(zip(items, match_receipts(conn, items))):
         matched.append(found is not None)
         if found is not None and item.receipt.final:
             results.append(PartResult(found[0], item.receipt.state, item.receipt.error_code))
@@ -1065,10 +1118,12 @@ def store_mo(conn: Connection, items: list[MoItem]) -> list[MoStored | None]:
             continue
         account_id, service_id, kind, connection_id = owner
         mo = item.message
-        pk = conn.execute(
+        [pk] = allocate_ids(conn, sms_messages, 1)
+        conn.execute(
             _INSERT_MESSAGES,
             [
                 {
+                    "id": pk,
                     "message_id": item.message_id,
                     "account_id": account_id,
                     "service_id": service_id,
@@ -1097,7 +1152,7 @@ def store_mo(conn: Connection, items: list[MoItem]) -> list[MoStored | None]:
                     "updated_at": item.now,
                 }
             ],
-        ).scalar_one()
+        )
         delivery = None
         if kind == "smpp":
             row = {
@@ -1115,7 +1170,8 @@ def store_mo(conn: Connection, items: list[MoItem]) -> list[MoStored | None]:
                 "done_at": None,
                 "created_at": item.now,
             }
-            delivery_id = conn.execute(_INSERT_OUTBOX, [row]).scalar_one()
+            [delivery_id] = allocate_ids(conn, sms_outbox, 1)
+            conn.execute(_INSERT_OUTBOX, [{**row, "id": delivery_id}])
             delivery = Delivery(delivery_id, "mo", row["source"], row["destination"], mo.content, mo.data_coding,
                                 mo.esm_class, dict(mo.tlvs))
         results.append(MoStored(item.message_id, account_id, service_id, kind, connection_id, delivery))
@@ -1255,28 +1311,36 @@ class _Waiting:
 
 
 class GroupCommit:
-    """Many small writes, one transaction: the operations queued while a
-    transaction runs go together into the next one.
+    """Many small writes, few transactions: the operations queued while
+    transactions run go together into the next one.
 
     ``submit(op, item)`` returns a Deferred that fires with ``op``'s result
     for ``item`` once it is committed. ``op(conn, items) -> results`` takes a
-    list and returns one result per item; consecutive operations of the
-    same kind run as one call, and everything runs in submission order (a
-    receipt's lookup sees the id stored for its part just before). If a
-    transaction fails, its operations are retried one per transaction, so
-    one bad item fails alone. At most one transaction is in flight, which on
-    SQLite is the single writer anyway and on PostgreSQL grows the batches
-    under load instead of the number of commits.
+    list and returns one result per item; consecutive operations of the same
+    kind run as one call, in submission order. If a transaction fails, its
+    operations are retried one per transaction, so one bad item fails alone.
+
+    At most ``max_in_flight`` transactions run at once: 1 on SQLite (the
+    single writer anyway; then a receipt's lookup always sees the id stored
+    for its part just before), a few on PostgreSQL, where batches then
+    commit side by side (the engine looks a receipt up again when it came
+    first). Under load the batches grow, not the number of commits.
     """
 
     log = Logger()
 
-    def __init__(self, db: Any, *, max_batch: int = 1000, max_pending: int = 100_000) -> None:
+    def __init__(
+        self, db: Any, *, max_batch: int = 1000, max_pending: int = 100_000, max_in_flight: int | None = None
+    ) -> None:
         self.db = db
         self.max_batch = max_batch
         self.max_pending = max_pending
+        if max_in_flight is None:
+            max_in_flight = 2 if getattr(db, "dialect", "sqlite") == "postgresql" else 1
+        self.max_in_flight = max(max_in_flight, 1)
         self._queue: deque[_Waiting] = deque()
-        self._running = False
+        self._in_flight = 0
+        self._drain_waiters: list[Deferred] = []
         self.transactions = 0  # committed, for metrics and tests
 
     @property
@@ -1285,7 +1349,21 @@ class GroupCommit:
 
     @property
     def busy(self) -> bool:
-        return self._running
+        return self._in_flight > 0
+
+    def drained(self) -> Deferred:
+        """Fires once nothing is queued or in flight (at shutdown, before the database stops)."""
+        if not self._queue and not self._in_flight:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._drain_waiters.append(d)
+        return d
+
+    def _check_drained(self) -> None:
+        if self._drain_waiters and not self._queue and not self._in_flight:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def submit(self, op: Callable[[Connection, list[Any]], list[Any]], item: Any) -> Deferred:
         """Queue ``item`` for ``op``; raises :class:`Overloaded` beyond ``max_pending``."""
@@ -1293,30 +1371,30 @@ class GroupCommit:
             raise Overloaded(f"{len(self._queue)} operations are waiting for the database")
         waiting = _Waiting(op, item, Deferred())
         self._queue.append(waiting)
-        if not self._running:
-            self._next()
+        self._next()
         return waiting.deferred
 
     def _next(self) -> None:
-        if self._running or not self._queue:
-            return
-        batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
-        self._running = True
-        d = self.db.run(_run_batch, [(w.op, w.item) for w in batch])
-        d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+        while self._queue and self._in_flight < self.max_in_flight:
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+            self._in_flight += 1
+            d = maybeDeferred(self.db.run, _run_batch, [(w.op, w.item) for w in batch])
+            d.addCallbacks(self._committed, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     def _committed(self, results: list[Any], batch: list[_Waiting]) -> None:
         self.transactions += 1
-        self._running = False
+        self._in_flight -= 1
         for waiting, result in zip(batch, results):
             waiting.deferred.callback(result)
         self._next()
+        self._check_drained()
 
     def _failed(self, failure: Failure, batch: list[_Waiting]) -> None:
         if len(batch) == 1:
-            self._running = False
+            self._in_flight -= 1
             batch[0].deferred.errback(failure)
             self._next()
+            self._check_drained()
             return
         self.log.warn(  # noqa: G010 - twisted.logger has warn(), not warning()
             "a group commit of {count} operations failed ({error}); retrying them one by one",
@@ -1327,11 +1405,12 @@ class GroupCommit:
 
     def _alone(self, batch: list[_Waiting], index: int) -> None:
         if index >= len(batch):
-            self._running = False
+            self._in_flight -= 1
             self._next()
+            self._check_drained()
             return
         waiting = batch[index]
-        d = self.db.run(_run_batch, [(waiting.op, waiting.item)])
+        d = maybeDeferred(self.db.run, _run_batch, [(waiting.op, waiting.item)])
 
         def done(result: Any) -> None:
             self.transactions += 1

@@ -46,6 +46,7 @@ SERVICE_TYPES = (
     "push_id",
     "incoming",
     "redirection",
+    "callback",
 )
 FEE_PERIODS = ("none", "day", "week", "month", "year")
 LEDGER_KINDS = ("topup", "refund", "credit", "charge", "writeoff", "debit")
@@ -624,4 +625,49 @@ numbers = Table(
     Column("no_answer_seconds", Integer, nullable=False, default=20),
     _created(),
     _updated(),
+)
+
+
+# -- callback clients (seed 002) ------------------------------------------------------
+
+callback_clients = Table(
+    "callback_clients",
+    metadata,
+    # A callback user: authorised by a registered number or by login and
+    # password in an SMS; its service pays for the calls and routes them.
+    Column("id", Integer, primary_key=True),
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=False, index=True),
+    Column("login", String(32), nullable=False, unique=True),
+    Column("password_salt", String(32), nullable=False),
+    Column("password_hash", String(64), nullable=False),
+    Column("language", String(2), nullable=False, default="en"),
+    Column("status", String(16), nullable=False, default="active"),
+    _created(),
+    _updated(),
+)
+
+callback_numbers = Table(
+    "callback_numbers",
+    metadata,
+    # Phone numbers that identify a callback client (SMS sender, ANI caller).
+    Column("id", Integer, primary_key=True),
+    Column("client_id", Integer, ForeignKey("callback_clients.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("number", String(32), nullable=False, unique=True),
+    _created(),
+    _updated(),
+)
+
+phone_directory = Table(
+    "phone_directory",
+    metadata,
+    # A client's directory: B.<name> and N<position> call these numbers.
+    Column("id", Integer, primary_key=True),
+    Column("client_id", Integer, ForeignKey("callback_clients.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("position", Integer, nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("number", String(32), nullable=False),
+    _created(),
+    _updated(),
+    UniqueConstraint("client_id", "position", name="uq_phone_directory_position"),
+    UniqueConstraint("client_id", "name", name="uq_phone_directory_name"),
 )

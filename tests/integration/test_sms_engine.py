@@ -107,7 +107,7 @@ class World:
                                    credit_limit=0, billing_type="prepaid", status="active")
         self.plan = self.insert(m.tariff_plans, name="sms", currency="EUR")
         self.insert(m.rates, tariff_plan_id=self.plan, prefix="44", price_per_message=Decimal("0.05"))
-        self.insert(m.rates, tariff_plan_id=self.plan, prefix="49", price_per_message=Decimal("0"))
+        self.insert(m.rates, tariff_plan_id=self.plan, prefix="49", price_per_message=Decimal(0))
         self.group = self.insert(m.routing_groups, name="sms-world")
         self.service = self.insert(m.services, account_id=self.account, type="api", tariff_plan_id=self.plan,
                                    routing_group_id=self.group, status="active")
@@ -226,7 +226,7 @@ def test_prepaid_accounts_pay_every_part_up_front(world):
     world.submit("short")
     world.submit("short")
     assert refused(lambda: world.submit("short")).http_status == 402
-    assert world.balance() == Decimal("0")
+    assert world.balance() == Decimal(0)
     world.submit("free", destination="4930123")  # a free rate needs no money
 
 
@@ -234,7 +234,7 @@ def test_refusals_carry_the_right_smpp_and_http_status(world):
     world.topup("1")
     for destination, status in (("", pdu.ESME_RINVDSTADR), ("44abc", pdu.ESME_RINVDSTADR),
                                 ("3312345", pdu.ESME_RINVDSTADR)):  # no rate for France
-        error = refused(lambda: world.submit(destination=destination))
+        error = refused(lambda number=destination: world.submit(destination=number))
         assert (error.status, error.http_status) == (status, 400)
     assert refused(lambda: world.submit(source="S" * 21)).status == pdu.ESME_RINVSRCADR
     assert refused(lambda: world.submit(esm_class=0x04)).status == pdu.ESME_RINVESMCLASS
@@ -299,7 +299,7 @@ def test_concurrent_submits_share_commits_and_stay_exact(database):
     world = World(database)
     world.topup("1")
     world.router.forget()
-    engine = world.make_engine()
+    engine = world.make_engine(max_in_flight=1)
     engine.db = Database(database.engine, runner=runner)
     engine.batcher.db = engine.db
     world.router.db = engine.db
@@ -314,7 +314,7 @@ def test_concurrent_submits_share_commits_and_stay_exact(database):
     refusals = [r.value for r in results if isinstance(r, Failure)]
     assert len(accepted) == 20 and all(e.http_status == 402 for e in refusals) and len(refusals) == 5
     assert engine.batcher.transactions == 2  # the first alone, the 24 that queued behind it together
-    assert world.balance() == Decimal("0") and len(world.rows(m.sms_messages)) == 20
+    assert world.balance() == Decimal(0) and len(world.rows(m.sms_messages)) == 20
     assert len({c.reference for c in world.rows(m.ledger, m.ledger.c.kind == "charge")}) == 20
 
 
@@ -571,7 +571,7 @@ def test_cancel_only_while_queued_and_refunds(world):
     accepted = world.submit(registered_delivery=1)
     assert run(world.engine.cancel(world.origin(), accepted.message_id)) is True
     message = world.rows(m.sms_messages)[0]
-    assert message.status == "DELETED" and world.balance() == Decimal("1")
+    assert message.status == "DELETED" and world.balance() == Decimal(1)
     assert world.rows(m.sms_parts)[0].state == "DELETED"
     assert pdu.parse_receipt(bytes(world.rows(m.sms_outbox)[0].content)).stat == "DELETED"
     assert run(world.engine.cancel(world.origin(), accepted.message_id)) is False
@@ -607,7 +607,7 @@ def test_parts_past_their_validity_expire_and_are_refunded(world):
     run(engine.sweep())
     messages = world.rows(m.sms_messages)
     assert [msg.status for msg in messages] == ["EXPIRED", "EXPIRED"]
-    assert world.balance() == Decimal("1")
+    assert world.balance() == Decimal(1)
     assert pdu.parse_receipt(bytes(world.rows(m.sms_outbox)[0].content)).id == accepted.message_id
 
 
@@ -640,12 +640,41 @@ def test_book_many_skips_references_already_booked(database):
     world = World(database)
 
     def work(conn):
-        first = store.book_many(conn, [store.Booking(world.account, "refund", Decimal("1"), "r1", "x")], NOW)
-        again = store.book_many(conn, [store.Booking(world.account, "refund", Decimal("1"), "r1", "x"),
-                                       store.Booking(world.account, "refund", Decimal("2"), "r2", "y")], NOW)
+        first = store.book_many(conn, [store.Booking(world.account, "refund", Decimal(1), "r1", "x")], NOW)
+        again = store.book_many(conn, [store.Booking(world.account, "refund", Decimal(1), "r1", "x"),
+                                       store.Booking(world.account, "refund", Decimal(2), "r2", "y")], NOW)
         return first, again
 
     assert database.run_blocking(work) == (1, 1)
-    assert world.balance() == Decimal("3")
+    assert world.balance() == Decimal(3)
     rows = world.rows(m.ledger)
-    assert [r.balance_after for r in rows] == [Decimal("1"), Decimal("3")]
+    assert [r.balance_after for r in rows] == [Decimal(1), Decimal(3)]
+
+
+def test_links_and_message_members_are_read_from_the_tables(world):
+    from switchd.core.router import load_link_members
+    from switchd.smpp.client import load_links
+
+    receiver = world.smpp_link("receive-only", mode="receiver")
+    disabled = world.smpp_link("off")
+    world.db.run_blocking(lambda c: c.execute(
+        update(m.smpp_links).where(m.smpp_links.c.id == disabled).values(enabled=False)))
+    links = {s.name: s for s in world.db.run_blocking(load_links)}
+    assert set(links) == {"carrier-a", "receive-only"}
+    a = links["carrier-a"]
+    assert (a.heartbeat_interval_ms, a.max_missed_heartbeats, a.transaction_timeout_ms, a.receiving_timeout_ms,
+            a.window_size, a.registered_delivery, a.max_content_length, a.max_message_length) == (
+        30000, 3, 6000, 180000, 16, 2, 140, 2048)  # seed 001 defaults
+    members = world.db.run_blocking(lambda c: load_link_members(c, world.service))
+    assert [member.link_id for member in members] == [world.link]
+    assert receiver not in [member.link_id for member in members]
+
+
+def test_a_receiver_link_reports_on_what_its_transmitter_sibling_sent(world):
+    world.topup("1")
+    receiver = world.smpp_link("carrier-a-rx", mode="receiver")
+    world.submit(registered_delivery=1)
+    [part] = world.parts_enqueued()
+    _sent(world, [part], ["ABC"])
+    assert run(world.engine.receipt_received(receiver, dlr.UpstreamReceipt("2748", "DELIVERED"))) == pdu.ESME_ROK
+    assert world.rows(m.sms_messages)[0].status == "DELIVERED"

@@ -32,13 +32,12 @@ UTC = datetime.UTC
 
 
 def part(part_id: int, **values) -> OutboundPart:
-    fields = dict(
+    defaults = OutboundPart(
         part_id=part_id, message_pk=part_id, message_id=f"m{part_id}", link_id=1, number=1, total=1,
         source="ACME", destination="447700900001", short_message=f"text {part_id}".encode(), in_payload=False,
         data_coding=0, esm_class=0, registered_delivery=1,
     )
-    fields.update(values)
-    return OutboundPart(**fields)
+    return dataclasses.replace(defaults, **values)
 
 
 class Sink:
@@ -354,13 +353,23 @@ def test_an_unanswered_submit_is_sent_again():
     assert rig.sink.sent == [(1, "ok")]
 
 
+def test_a_zero_transaction_timeout_waits_as_long_as_the_session():
+    rig = Rig([part(1)], transaction_timeout_ms=0)
+    smsc = rig.bound()
+    [request] = submits(smsc.read())
+    rig.clock.advance(120)
+    assert submits(smsc.read()) == [] and not smsc.transport.disconnecting
+    smsc.answer(request, message_id="9")
+    assert rig.sink.sent == [(1, "9")]
+
+
 def test_nothing_is_lost_when_the_connection_drops():
     rig = Rig([part(n) for n in range(1, 6)])
     smsc = rig.bound()
     sent = submits(smsc.read())
     smsc.answer(sent[0], message_id="one")
     rig.lose()
-    assert rig.link.state == "waiting" and rig.link.queue == deque_empty()
+    assert rig.link.state == "waiting" and not rig.link.queue
     rig.clock.advance(1)
     rig.net.smsc.bind()
     resent = submits(rig.net.smsc.read())
@@ -368,12 +377,6 @@ def test_nothing_is_lost_when_the_connection_drops():
     for request in resent:
         rig.net.smsc.answer(request, message_id="x")
     assert sorted(i for i, _ in rig.sink.sent) == [1, 2, 3, 4, 5]
-
-
-def deque_empty():
-    from collections import deque
-
-    return deque()
 
 
 def test_new_parts_are_taken_at_once_while_bound_and_from_the_database_after():
