@@ -473,6 +473,10 @@ class CallbackSection:
     next_digit_seconds: float = setting(
         "5", parse_float(1), "Seconds between digits after which the number is taken as complete (or #)."
     )
+    ani_delay_seconds: float = setting(
+        "2", parse_float(0), "After refusing a client's call to an ANI access number, wait this long before "
+        "calling back (a phone still hanging up would not ring)."
+    )
 
 
 @dataclass(frozen=True)

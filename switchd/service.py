@@ -265,9 +265,11 @@ def make_service(config: Config, reactor) -> MultiService:
 
         from .api.callbacks import CallbacksAPI
         from .api.notify import JsonPoster
+        from .core.smscallback import SmsCallback
 
         poster = JsonPoster(reactor, treq.request, user_agent=config.sip.user_agent)
-        CallbacksAPI(api, sip.callbacks, post_json=poster.post, bus=bus).mount()
+        sms_callback = SmsCallback(db, reactor, sip.callbacks) if sip.media is not None else None
+        CallbacksAPI(api, sip.callbacks, post_json=poster.post, bus=bus, sms=sms_callback).mount()
         if config.iif.listen:
             from .iif.service import IifService
 

@@ -18,13 +18,13 @@ import json
 import re
 from typing import Any, Callable
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from twisted.logger import Logger
 from werkzeug.routing import BaseConverter
 
 from ..core.callback import CallbackRefused, CallbackRequest, CallbackStateChanged
-from ..store.models import accounts, customers, idempotency_keys, services
+from ..store.models import accounts, customers, idempotency_keys, numbers, services
 from .problem import Problem, invalid
 
 NUMBER = re.compile(r"^\+?[0-9]{1,31}$")
@@ -64,15 +64,27 @@ class HexId(BaseConverter):
     regex = "[0-9a-f]{1,64}"
 
 
+def access_number_visible(conn, number: str, customer_id: int | None) -> bool:
+    """Is ``number`` a number of a callback service (of this customer, unless admin)?"""
+    row = conn.execute(
+        select(services.c.type, accounts.c.customer_id)
+        .select_from(numbers.join(services, services.c.id == numbers.c.service_id)
+                     .join(accounts, accounts.c.id == services.c.account_id))
+        .where(func.ltrim(numbers.c.number, "+") == number.lstrip("+"))
+    ).first()
+    return row is not None and row.type == "callback" and (customer_id is None or row.customer_id == customer_id)
+
+
 class CallbacksAPI:
     """Routes mounted on the provisioning API's Klein app."""
 
     log = Logger()
 
     def __init__(self, api: Any, engine: Any, *, post_json: Callable[[str, dict], Any] | None = None,
-                 bus: Any = None) -> None:
+                 bus: Any = None, sms: Any = None) -> None:
         self.api = api
         self.engine = engine
+        self.sms = sms  # core.smscallback.SmsCallback
         self.post_json = post_json
         self.status_urls: dict[str, str] = {}
         if bus is not None:
@@ -82,6 +94,8 @@ class CallbacksAPI:
         app, handler = self.api.app, self.api._handler
         app.route("/v1/callbacks/support", methods=["GET"], endpoint="callbackSupport")(
             handler("/v1/callbacks/support", self.support))
+        app.route("/v1/callbacks/sms", methods=["POST"], endpoint="smsCallback")(
+            handler("/v1/callbacks/sms", self.sms_command))
         app.route("/v1/callbacks", methods=["POST"], endpoint="createCallback")(
             handler("/v1/callbacks", self.create))
         # Callback ids are hex, so /v1/callbacks/support is never taken for one.
@@ -229,6 +243,30 @@ class CallbacksAPI:
         conn.execute(insert(idempotency_keys).values(
             api_key_id=key_id, key=key, method="POST", path="/v1/callbacks", request_hash=digest,
             status=answer[0], response=json.dumps(answer[1]), created_at=now))
+
+    # -- SMS callback over HTTP (an SMS carrier or forwarder posts what it received) ---
+
+    async def sms_command(self, request, principal):
+        body = self.api._body(request)
+        if not isinstance(body, dict):
+            raise invalid([{"field": "", "message": "expected a JSON object"}])
+        errors = [{"field": name, "message": "unknown field"} for name in sorted(set(body) - {"from", "to", "text"})]
+        for name in ("from", "to"):
+            value = body.get(name)
+            if not isinstance(value, str) or not NUMBER.match(value):
+                errors.append({"field": name, "message": "must be a number: digits with an optional leading +"})
+        text = body.get("text")
+        if not isinstance(text, str) or len(text) > 1000:
+            errors.append({"field": "text", "message": "must be a string of at most 1000 characters"})
+        if errors:
+            raise invalid(errors)
+        if self.sms is None:
+            raise Problem(409, "SMS callback needs the media relay, which is off on this node")
+        customer = None if principal.admin else principal.customer_id
+        if not await self.api.db.run(access_number_visible, body["to"], customer):
+            raise Problem(404, f"{body['to']} is not an access number of a callback service of yours")
+        reply = await self.sms.handle(body["from"], body["to"], text)
+        return 200, {"to": body["from"], "from": body["to"], "reply": reply}
 
     # -- read, drop ------------------------------------------------------------------
 

@@ -356,6 +356,29 @@ def _callback_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                 },
             },
         },
+        "/v1/callbacks/sms": {
+            "post": {
+                "operationId": "smsCallback",
+                "tags": ["callbacks"],
+                "summary": "An SMS received by a carrier or forwarder for a callback access number (seed 002)",
+                "description": "The text is a callback command (U.login P.password D.number O.number, "
+                               "R.number, B.name, N<k>, I). The answer holds the reply to send back.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"from": number, "to": number, "text": {"type": "string", "maxLength": 1000}},
+                    "required": ["from", "to", "text"],
+                }}}},
+                "responses": {
+                    "200": {"description": "Handled; the reply text", "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "properties": {"to": {"type": "string"}, "from": {"type": "string"},
+                                       "reply": {"type": "string"}},
+                        "required": ["to", "from", "reply"]}}}},
+                    **_problem_responses(400, 401, 404, 409, 413, 415, 422),
+                },
+            },
+        },
         "/v1/callbacks": {
             "post": {
                 "operationId": "createCallback",

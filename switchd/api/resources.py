@@ -665,6 +665,75 @@ NUMBERS = Resource(
     filters=("service_id", "number"),
 )
 
+def _clients_of(customer_id: int):
+    return select(m.callback_clients.c.id).where(m.callback_clients.c.service_id.in_(_services_of(customer_id)))
+
+
+CALLBACK_CLIENTS = Resource(
+    "CallbackClient",
+    "callback-clients",
+    m.callback_clients,
+    (
+        _id(),
+        ref("service_id", "services", "Service that pays for the client's callbacks and routes them.",
+            required=True, immutable=True),
+        text("login", 32, "Login for U.<login> in SMS commands.", required=True, pattern="^[A-Za-z0-9_.-]{1,32}$"),
+        Field(
+            "password",
+            "string",
+            "Password for P.<password> (never returned; stored as a salted hash).",
+            required=True,
+            writeonly=True,
+            column=False,
+            min_length=1,
+            max_length=64,
+        ),
+        choice("language", ("en", "es", "fr", "vi", "zh"), "Language of the IVR and SMS replies.", "en"),
+        choice("status", ("active", "blocked"), "A blocked client is refused.", "active"),
+        _created(),
+        _updated(),
+    ),
+    "Callback clients (seed 002): SMS and ANI callback users.",
+    owner=_by_service(m.callback_clients),
+    filters=("service_id", "login"),
+    on_create=_smpp_create,
+    on_update=_smpp_update,
+)
+
+CALLBACK_NUMBERS = Resource(
+    "CallbackNumber",
+    "callback-numbers",
+    m.callback_numbers,
+    (
+        _id(),
+        ref("client_id", "callback-clients", "The client this number identifies.", required=True, immutable=True),
+        text("number", 32, "Phone number (SMS sender or caller), unique on the switch.", required=True, **NUMBER),
+        _created(),
+        _updated(),
+    ),
+    "Numbers that authorise a callback client (by SMS sender or caller number); R.<number> adds one.",
+    owner=lambda cid: m.callback_numbers.c.client_id.in_(_clients_of(cid)),
+    filters=("client_id", "number"),
+)
+
+PHONE_DIRECTORY = Resource(
+    "DirectoryEntry",
+    "phone-directory",
+    m.phone_directory,
+    (
+        _id(),
+        ref("client_id", "callback-clients", "Whose directory.", required=True, immutable=True),
+        integer("position", "Entry number for N<position>.", None, required=True, minimum=1, maximum=999),
+        text("name", 64, "Name for B.<name> (compared without regard to case).", required=True),
+        text("number", 32, "The number called.", required=True, **NUMBER),
+        _created(),
+        _updated(),
+    ),
+    "Callback clients' phone directories.",
+    owner=lambda cid: m.phone_directory.c.client_id.in_(_clients_of(cid)),
+    filters=("client_id",),
+)
+
 REGISTRATIONS = Resource(
     "Registration",
     "registrations",
@@ -753,6 +822,9 @@ COLLECTIONS: tuple[Resource, ...] = (
     SIP_ACCOUNTS,
     REGISTRATIONS,
     NUMBERS,
+    CALLBACK_CLIENTS,
+    CALLBACK_NUMBERS,
+    PHONE_DIRECTORY,
     API_KEYS,
     CDRS,
 )

@@ -136,7 +136,7 @@ class B2BUA:
         router: Any,
         on_answer: Callable[[Call], Awaitable[Any]],
         on_end: Callable[[Call], Awaitable[Any]],
-        deliver: Callable[[str], Awaitable[Delivery | None]] | None = None,
+        deliver: Callable[[str, str], Awaitable[Delivery | None]] | None = None,
         user_agent: str = "switchd",
         max_calls_in_setup: int = 1000,
         media: MediaManager | None = None,
@@ -287,7 +287,7 @@ class B2BUA:
                     raise CallRefused(488, "Not Acceptable Here", (("Warning", f'399 switchd "{error}"'),))
             caller_address = request.from_addr
             caller = origin.caller_id or (_digits(caller_address.uri.user or "") if caller_address else "")
-            delivery = await self.deliver(callee) if self.deliver is not None else None
+            delivery = await self.deliver(callee, caller) if self.deliver is not None else None
             if delivery is not None:
                 # A call to one of the switch's own numbers: the number's service pays.
                 origin = Origin(service_id=delivery.service_id, kind="number", trunk_id=origin.trunk_id)

@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.application.service import Service
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.internet.task import LoopingCall
@@ -51,7 +52,8 @@ from .message import (
 )
 from ..media.prompts import BUILTIN_TEXTS, PromptLibrary
 from ..media.relay import MediaRelay, PortAllocator
-from ..core.callback import CallbackEngine
+from ..core import clients
+from ..core.callback import CallbackEngine, CallbackRequest
 from .media import MediaManager
 from .originate import Originator
 from .protection import Protection
@@ -542,13 +544,14 @@ class SIPService(Service):
         ):
             by_account.setdefault(account_id, []).append(sip_account_id)
         owners = dict(conn.execute(select(services.c.id, services.c.account_id)).all())
+        kinds = dict(conn.execute(select(services.c.id, services.c.type)).all())
         table = {}
         for row in conn.execute(select(numbers)):
             if row.sip_account_id is not None:
                 accounts = [row.sip_account_id]
             else:
                 accounts = by_account.get(owners.get(row.service_id), [])
-            table[row.number.lstrip("+")] = (row, accounts)
+            table[row.number.lstrip("+")] = (row, accounts, kinds.get(row.service_id))
         return table
 
     def _reload_numbers(self):
@@ -560,16 +563,22 @@ class SIPService(Service):
         d.addErrback(lambda f: self.log.failure("cannot read the switch's numbers", f))
         return d
 
-    async def _delivery(self, callee: str) -> Delivery | None:
+    async def _delivery(self, callee: str, caller: str = "") -> Delivery | None:
         """Where a call to one of the switch's own numbers goes, if it is one.
 
         Numbers are read every ``reload_seconds``, like trunks, so no call
-        waits for the database here.
+        waits for the database here. A number of a callback service is an
+        ANI callback access number: the call is refused unanswered (nothing
+        to pay) and, if the caller is a registered callback client, called
+        back a moment later with the callback IVR.
         """
         found = self._numbers.get(callee.lstrip("+"))
         if found is None:
             return None
-        row, accounts = found
+        row, accounts, kind = found
+        if kind == "callback":
+            await self._ani_callback(caller, row.number)
+            raise CallRefused(603, "Decline")
         contacts = [
             Contact(uri=Address.parse(binding.contact).uri, destination=binding.source)
             for account in accounts
@@ -584,6 +593,24 @@ class SIPService(Service):
             unregistered=row.redirect_unregistered,
             no_answer_seconds=row.no_answer_seconds,
         )
+
+    async def _ani_callback(self, caller: str, access_number: str) -> None:
+        """Call back a registered client who rang an access number (after ``ani_delay_seconds``)."""
+        client = await self.db.run(clients.by_number, caller) if caller else None
+        if client is None:
+            self.log.info("call from {caller} to access number {number}: not a callback client",
+                          caller=caller or "an unknown number", number=access_number)
+            raise CallRefused(403, "Forbidden")
+        request = CallbackRequest(service_id=client.service_id, user1=caller, user2=None, max_seconds=0,
+                                  caller_id1=access_number, source="ani", reference=access_number,
+                                  language=client.language, ivr=True)
+
+        def call_back() -> None:
+            d = ensureDeferred(self.callbacks.start(request))
+            d.addErrback(lambda f: self.log.warn("ANI callback to {caller} refused: {reason}", caller=caller,
+                                                 reason=getattr(f.value, "reason", f.getErrorMessage())))
+
+        self.reactor.callLater(self.config.callback.ani_delay_seconds, call_back)
 
     async def _authorize(self, origin: Origin, callee: str):
         return await self.db.run(rating.authorize_call, origin.service_id, callee, self._now())

@@ -23,7 +23,7 @@ USER1, USER2 = "4420711111", "4420822222"
 
 
 class CallbackNetwork:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, user1_scenario=("uas_answer.xml", ()), user2_prefix: str = "44208") -> None:
         self.dir = tmp_path
         self.daemon = Daemon(tmp_path, env={
             "SWITCHD_SIP_LISTEN": "udp:0:interface=127.0.0.1", "SWITCHD_SIP_RELOAD_SECONDS": "1",
@@ -36,16 +36,20 @@ class CallbackNetwork:
         customer = api.post("/v1/customers", {"name": "Callback Co"})
         self.account = api.post("/v1/accounts", {"customer_id": customer["id"], "currency": "EUR"})
         plan = api.post("/v1/tariff-plans", {"name": "callback", "currency": "EUR"})
-        api.post("/v1/rates", {"tariff_plan_id": plan["id"], "prefix": "44", "price_per_minute": "0.600000",
-                               "increment_first": 1, "increment_next": 1})
+        for prefix in ("44", "2"):
+            api.post("/v1/rates", {"tariff_plan_id": plan["id"], "prefix": prefix, "price_per_minute": "0.600000",
+                                   "increment_first": 1, "increment_next": 1})
         group = api.post("/v1/routing-groups", {"name": "world"})
         self.service = api.post("/v1/services", {"account_id": self.account["id"], "type": "api",
                                                  "tariff_plan_id": plan["id"], "routing_group_id": group["id"]})
         assert self.service["id"] == 1  # [iif] service_id names it
         api.post(f"/v1/accounts/{self.account['id']}/transactions", {"kind": "topup", "amount": "10"})
+        customer_trunk = api.post("/v1/trunks", {"name": "customer-in", "host": "127.0.0.2", "port": 5060})
+        api.post("/v1/connections/sip", {"service_id": self.service["id"], "trunk_id": customer_trunk["id"],
+                                         "auth_type": "ip"})
         for name, host, prefix, scenario, extra in (
-            ("user1-trunk", "127.0.0.3", "44207", "uas_answer.xml", ()),
-            ("user2-trunk", "127.0.0.4", "44208", "uas_hangup.xml", ("-d", "3000")),
+            ("user1-trunk", "127.0.0.3", "44207", user1_scenario[0], user1_scenario[1]),
+            ("user2-trunk", "127.0.0.4", user2_prefix, "uas_hangup.xml", ("-d", "3000")),
         ):
             port = free_port()
             trunk = api.post("/v1/trunks", {"name": name, "host": host, "port": port})
@@ -172,3 +176,62 @@ def test_click_to_dial_over_http_with_status_callbacks(net, tmp_path):
         assert status == 422 and {e["field"] for e in problem["errors"]} >= {"a", "b"}
     finally:
         hooks.shutdown()
+
+
+@pytest.mark.slow
+def test_ani_callback_refuses_the_call_calls_back_and_the_ivr_takes_the_number(tmp_path):
+    net = CallbackNetwork(tmp_path, user1_scenario=("uas_dtmf.xml", ("-d", "8000", "-mp", str(free_port()))),
+                          user2_prefix="2")
+    try:
+        api = net.api
+        client = api.post("/v1/callback-clients", {"service_id": net.service["id"], "login": "alice",
+                                                   "password": "s3cret", "language": "en"})
+        api.post("/v1/callback-numbers", {"client_id": client["id"], "number": USER1})
+        access = api.post("/v1/services", {"account_id": net.account["id"], "type": "callback",
+                                           "tariff_plan_id": net.service["tariff_plan_id"]})
+        api.post("/v1/numbers", {"number": "4415550000", "service_id": access["id"]})
+        time.sleep(1.5)  # numbers are re-read every second here
+        # The client's phone calls the access number from 127.0.0.2 as USER1.
+        port = net.daemon.listeners[("sip", "udp")]
+        refused = subprocess.run(
+            ["sipp", "-sf", str(SCENARIOS / "uac_refused.xml"), f"127.0.0.1:{port}", "-s", "4415550000",
+             "-i", "127.0.0.2", "-p", "0", "-m", "1", "-key", "caller", USER1, "-nostdin", "-trace_err"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 0, refused.stdout[-2000:] + errors(tmp_path)
+        # switchd calls USER1 back; the IVR asks, USER1 presses 2 3 #, switchd calls "23" on the
+        # user2 trunk, which answers and hangs up after 3 s; USER1 hangs up later.
+        cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=40)
+        by_callee = {c["callee"]: c for c in cdrs}
+        assert set(by_callee) == {USER1, "23"}, cdrs
+        assert by_callee[USER1]["caller"] == "4415550000"  # the access number calls back
+        assert all(c["direction"] == "callback" for c in cdrs)
+        log = (tmp_path / "switchd.log").read_text()
+        assert "callback" in log and "ended: completed" in log, log[-3000:]
+    finally:
+        net.close()
+
+
+@pytest.mark.slow
+def test_sms_callback_commands_over_http(net, tmp_path):
+    api = net.api
+    client = api.post("/v1/callback-clients", {"service_id": net.service["id"], "login": "bob", "password": "pw"})
+    api.post("/v1/phone-directory", {"client_id": client["id"], "position": 1, "name": "Office", "number": USER2})
+    access = api.post("/v1/services", {"account_id": net.account["id"], "type": "callback",
+                                       "tariff_plan_id": net.service["tariff_plan_id"]})
+    api.post("/v1/numbers", {"number": "4415550001", "service_id": access["id"]})
+
+    def sms(sender, text):
+        status, body = api("POST", "/v1/callbacks/sms", {"from": sender, "to": "4415550001", "text": text})
+        assert status == 200, body
+        return body["reply"]
+
+    assert sms(USER1, "I") == "your number is not registered: send U.login P.password R.number first"
+    assert sms(USER1, "U.bob P.wrong R." + USER1) == "wrong login or password"
+    assert sms(USER1, "U.bob P.pw R." + USER1) == f"{USER1} registered"
+    assert sms(USER1, "I") == "balance 10.00 EUR"
+    assert sms(USER1, "B.nobody") == "no directory entry nobody"
+    assert sms(USER1, "hello") == "cannot read 'hello'; fields look like D.number"
+    assert sms(USER1, "b.office") == f"calling {USER1}, then {USER2}"
+    cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=30)
+    assert {c["callee"] for c in cdrs} == {USER1, USER2}
+    assert api("POST", "/v1/callbacks/sms", {"from": USER1, "to": "4400000000", "text": "I"})[0] == 404

@@ -292,7 +292,7 @@ def delivery_harness(**redirects):
     phone = Destination("udp", "10.0.0.22", 5062)
     h = Harness()
 
-    async def deliver(callee):
+    async def deliver(callee, caller=None):
         return Delivery(service_id=9, contacts=[Contact(URI("sip", "10.0.0.21", "desk", None, 5060), desk),
                                                Contact(URI("sip", "10.0.0.22", "phone", None, 5062), phone)],
                         no_answer_seconds=15, **redirects)
