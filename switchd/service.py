@@ -268,7 +268,12 @@ def make_service(config: Config, reactor) -> MultiService:
         from .core.smscallback import SmsCallback
 
         poster = JsonPoster(reactor, treq.request, user_agent=config.sip.user_agent)
-        sms_callback = SmsCallback(db, reactor, sip.callbacks) if sip.media is not None else None
+        sms_callback = None
+        if sip.media is not None:
+            sms_callback = SmsCallback(db, reactor, sip.callbacks, messages=sms.engine,
+                                       reload_seconds=config.sip.reload_seconds)
+            sms.engine.commands = sms_callback
+            sms_callback.setServiceParent(top)
         CallbacksAPI(api, sip.callbacks, post_json=poster.post, bus=bus, sms=sms_callback).mount()
         if config.iif.listen:
             from .iif.service import IifService

@@ -14,22 +14,90 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from sqlalchemy import select
+from twisted.application.service import Service
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from ..store.models import numbers, services
 
 from . import clients
 from .callback import CallbackRefused, CallbackRequest
 from .smscommands import CommandError, parse
 
 
-class SmsCallback:
+def load_access_numbers(conn) -> dict[str, tuple[int, int]]:
+    """Numbers of callback services: digits -> (service id, account id)."""
+    rows = conn.execute(
+        select(numbers.c.number, services.c.id, services.c.account_id)
+        .join(services, services.c.id == numbers.c.service_id)
+        .where(services.c.type == "callback", services.c.status == "active")
+    )
+    return {row.number.lstrip("+"): (row.id, row.account_id) for row in rows}
+
+
+class SmsCallback(Service):
+    """Also a service: it re-reads the access numbers every ``reload_seconds`` so
+    that the message engine can tell a command from a message without a query."""
+
     log = Logger()
 
-    def __init__(self, db: Any, clock: IReactorTime, engine: Any) -> None:
+    def __init__(self, db: Any, clock: IReactorTime, engine: Any, *, messages: Any = None,
+                 reload_seconds: float = 10.0) -> None:
         self.db = db
         self.clock = clock
         self.engine = engine
+        self.messages = messages  # the SMS engine that sends replies (None: replies only over HTTP)
+        self.reload_seconds = reload_seconds
+        self.access: dict[str, tuple[int, int]] = {}
         self.handled = 0
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self.reload)
+        self._loop.clock = self.clock
+        self._loop.start(self.reload_seconds, now=True)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def reload(self):
+        def loaded(table):
+            self.access = table
+
+        d = self.db.run(load_access_numbers)
+        d.addCallbacks(loaded, lambda f: self.log.failure("cannot read the callback access numbers", f))
+        return d
+
+    def consume(self, source: str, destination: str, text: str) -> bool:
+        """A text to an access number: act on it and reply by SMS; True if it was one."""
+        found = self.access.get(destination.lstrip("+"))
+        if found is None:
+            return False
+        d = ensureDeferred(self._answer(source, destination, text, *found))
+        d.addErrback(lambda f: self.log.failure("SMS callback from {source} failed", f, source=source))
+        return True
+
+    async def _answer(self, source: str, destination: str, text: str, service_id: int, account_id: int) -> None:
+        reply = await self.handle(source, destination, text)
+        if self.messages is None or not reply:
+            return
+        from ..sms.engine import MessageOrigin, MessageRefused, Submission
+        from ..smpp.gsm import choose_coding
+
+        coding, content = choose_coding(reply)
+        try:
+            await self.messages.submit(
+                MessageOrigin(kind="switch", service_id=service_id, account_id=account_id, connection_id=0),
+                Submission(source=destination, destination=source, content=content, data_coding=coding),
+            )
+        except MessageRefused as refused:
+            self.log.warn("cannot reply by SMS to {to}: {reason}", to=source, reason=refused.reason)
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)

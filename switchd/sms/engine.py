@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -82,7 +82,7 @@ KEEP_DATA_CODING = -1
 class MessageOrigin:
     """Who submitted a message."""
 
-    kind: str  # "smpp" (a customer ESME) or "http"
+    kind: str  # "smpp" (a customer ESME), "http", or "switch" (its own replies; connection_id 0)
     service_id: int
     account_id: int
     connection_id: int  # smpp_connections.id or http_connections.id
@@ -360,6 +360,9 @@ class MessageEngine(Service):
         self.bus = bus
         self.limiter = limiter
         self.router = router
+        # Texts for switchd itself (SMS callback commands): ``consume(source,
+        # destination, text) -> bool`` takes those sent to its access numbers.
+        self.commands: Any = None
         self.node = node
         self.links = links
         self.validity_seconds = validity_seconds
@@ -476,6 +479,12 @@ class MessageEngine(Service):
         database lags, ``ESME_RSYSERR``/503 when it cannot be written.
         """
         self._validate(submission)
+        if self.commands is not None and self.commands.consume(
+            submission.source, submission.destination,
+            message_text(submission.content, submission.data_coding, submission.esm_class),
+        ):
+            # A text to a callback access number is a command for switchd, not a message to send on.
+            return Accepted(message_id=str(uuid.uuid4()), parts=1)
         now = self.now()
         scheduled, expires = self._times(submission, now)
         if self.batcher.pending >= self.max_pending:
@@ -700,7 +709,14 @@ class MessageEngine(Service):
             waited += self.retry_seconds
 
     def message_received(self, link_id: int, message: dlr.UpstreamMessage) -> Deferred:
-        """Store an MO for the customer owning its destination; fires with the status to answer."""
+        """Store an MO for the customer owning its destination; fires with the status to answer.
+
+        An MO to a callback access number is a command (see ``commands``) and is not stored.
+        """
+        if self.commands is not None and self.commands.consume(
+            message.source, message.destination, message_text(message.content, message.data_coding, message.esm_class)
+        ):
+            return succeed(pdu.ESME_ROK)
         item = store.MoItem(
             link_id=link_id,
             message=message,

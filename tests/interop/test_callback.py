@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ..daemon import Daemon
+from ..smsc import FakeSmsc
 from .test_calls import SCENARIOS, errors
 from .test_sip_peers import Api, free_port
 
@@ -39,7 +40,7 @@ class CallbackNetwork:
         for prefix in ("44", "2"):
             api.post("/v1/rates", {"tariff_plan_id": plan["id"], "prefix": prefix, "price_per_minute": "0.600000",
                                    "increment_first": 1, "increment_next": 1})
-        group = api.post("/v1/routing-groups", {"name": "world"})
+        self.group = group = api.post("/v1/routing-groups", {"name": "world"})
         self.service = api.post("/v1/services", {"account_id": self.account["id"], "type": "api",
                                                  "tariff_plan_id": plan["id"], "routing_group_id": group["id"]})
         assert self.service["id"] == 1  # [iif] service_id names it
@@ -235,3 +236,37 @@ def test_sms_callback_commands_over_http(net, tmp_path):
     cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=30)
     assert {c["callee"] for c in cdrs} == {USER1, USER2}
     assert api("POST", "/v1/callbacks/sms", {"from": USER1, "to": "4400000000", "text": "I"})[0] == 404
+
+
+@pytest.mark.slow
+def test_sms_callback_over_smpp_from_an_upstream_link(net, tmp_path):
+    """Texts to the access number arrive as MO from an upstream SMSC; replies go back through it."""
+    smsc = FakeSmsc(receipts=False)
+    try:
+        api = net.api
+        link = api.post("/v1/smpp-links", {"name": "up", "host": "127.0.0.1", "port": smsc.port,
+                                           "system_id": "switchd", "password": "pw"})
+        api.post("/v1/routing-group-members", {"routing_group_id": net.group["id"], "smpp_link_id": link["id"]})
+        client = api.post("/v1/callback-clients", {"service_id": net.service["id"], "login": "carol", "password": "pw"})
+        api.post("/v1/phone-directory", {"client_id": client["id"], "position": 1, "name": "home", "number": USER2})
+        access = api.post("/v1/services", {"account_id": net.account["id"], "type": "callback",
+                                           "tariff_plan_id": net.service["tariff_plan_id"],
+                                           "routing_group_id": net.group["id"]})
+        api.post("/v1/numbers", {"number": "4415550002", "service_id": access["id"]})
+        smsc.wait(lambda: smsc.bound, "the upstream link to bind", timeout=30)
+        time.sleep(1.5)  # the access numbers are re-read every second here
+
+        def replies():
+            return [(s.pdu.destination_addr, s.pdu.short_message) for s in smsc.submitted]
+
+        smsc.send_mo(USER1, "4415550002", f"U.carol P.pw R.{USER1}".encode())
+        smsc.wait(lambda: (USER1, f"{USER1} registered".encode()) in replies(), "the reply to R.")
+        smsc.send_mo(USER1, "4415550002", b"X.1")
+        smsc.wait(lambda: (USER1, b"unknown field X.; use U. P. D. O. R. B. N or I") in replies(), "the error reply")
+        smsc.send_mo(USER1, "4415550002", b"N1")
+        smsc.wait(lambda: (USER1, f"calling {USER1}, then {USER2}".encode()) in replies(), "the reply to N1")
+        cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=30)
+        assert {c["callee"] for c in cdrs} == {USER1, USER2}
+        assert all(a.status == 0 for a in smsc.answered)  # every MO acknowledged
+    finally:
+        smsc.close()
