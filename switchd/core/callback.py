@@ -49,6 +49,8 @@ from .events import Event
 OUTCOMES = ("completed", "user1_busy", "user1_no_answer", "user1_failed", "user2_busy", "user2_no_answer",
             "user2_failed", "cancelled", "failed")
 DEFAULT_ANNOUNCEMENT = "00080002"
+#: The IVR's language menu: * then a digit.
+LANGUAGE_KEYS = {"1": "en", "2": "es", "3": "fr", "4": "vi", "5": "zh"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class Callback:
     _leg1: Any = field(default=None, repr=False)
     _leg2: Any = field(default=None, repr=False)
     _digits: str = ""
+    language: str = "en"  # the request's, until user1 picks another in the IVR (*1 to *5)
     _collecting: Deferred | None = field(default=None, repr=False)
     _digit_timer: IDelayedCall | None = field(default=None, repr=False)
 
@@ -191,22 +194,26 @@ class CallbackEngine:
         "en": {"ask": "Please enter the number you want to call, followed by the hash key.",
                "busy": "The number is busy.", "no_answer": "There is no answer.",
                "failed": "The call could not be completed.", "refused": "This number cannot be called.",
-               "balance": "Your balance is {amount} {currency}.", "goodbye": "Goodbye."},
+               "balance": "Your balance is {amount} {currency}.", "goodbye": "Goodbye.",
+               "max": "You can talk for up to {minutes} minutes.", "language": "English."},
         "es": {"ask": "Marque el número al que desea llamar, seguido de la tecla numeral.",
                "busy": "El número está ocupado.", "no_answer": "No contesta.",
                "failed": "No se pudo completar la llamada.", "refused": "No se puede llamar a este número.",
-               "balance": "Su saldo es {amount} {currency}.", "goodbye": "Adiós."},
+               "balance": "Su saldo es {amount} {currency}.", "goodbye": "Adiós.",
+               "max": "Puede hablar hasta {minutes} minutos.", "language": "Español."},
         "fr": {"ask": "Composez le numéro que vous souhaitez appeler, suivi de la touche dièse.",
                "busy": "Le numéro est occupé.", "no_answer": "Il n'y a pas de réponse.",
                "failed": "L'appel n'a pas pu aboutir.", "refused": "Ce numéro ne peut pas être appelé.",
-               "balance": "Votre solde est de {amount} {currency}.", "goodbye": "Au revoir."},
+               "balance": "Votre solde est de {amount} {currency}.", "goodbye": "Au revoir.",
+               "max": "Vous pouvez parler jusqu'à {minutes} minutes.", "language": "Français."},
         "vi": {"ask": "Vui lòng nhập số bạn muốn gọi, sau đó nhấn phím thăng.",
                "busy": "Số máy đang bận.", "no_answer": "Không có người trả lời.",
                "failed": "Không thể thực hiện cuộc gọi.", "refused": "Không thể gọi số này.",
-               "balance": "Số dư của bạn là {amount} {currency}.", "goodbye": "Tạm biệt."},
+               "balance": "Số dư của bạn là {amount} {currency}.", "goodbye": "Tạm biệt.",
+               "max": "Bạn có thể nói chuyện tối đa {minutes} phút.", "language": "Tiếng Việt."},
         "zh": {"ask": "请输入您要拨打的号码，然后按井号键。", "busy": "对方忙。", "no_answer": "无人接听。",
                "failed": "呼叫无法接通。", "refused": "无法拨打此号码。", "balance": "您的余额是 {amount} {currency}。",
-               "goodbye": "再见。"},
+               "goodbye": "再见。", "max": "您最多可以通话 {minutes} 分钟。", "language": "中文。"},
     }
 
     def __init__(
@@ -267,6 +274,7 @@ class CallbackEngine:
         callback = Callback(id=secrets.token_hex(12), request=request, account_id=auth1.account_id,
                             started=self.clock.seconds(), max_seconds=max_seconds, _engine=self)
         callback.user2 = request.user2
+        callback.language = request.language
         callback._auth1 = auth1
         callback._lease = lease
         callback._media = self.media.start(
@@ -435,7 +443,7 @@ class CallbackEngine:
     # -- the IVR: ask user1 for the number ---------------------------------------------
 
     def _words(self, callback: Callback) -> dict[str, str]:
-        return self.PROMPTS.get(callback.request.language, self.PROMPTS["en"])
+        return self.PROMPTS.get(callback.language, self.PROMPTS["en"])
 
     def _ask(self, callback: Callback, after: str | None, attempt: int = 1) -> None:
         """Say why the last call failed (if it did), ask for a number, wait for it."""
@@ -494,6 +502,12 @@ class CallbackEngine:
     def _got_number(self, callback: Callback, digits: str, attempt: int) -> None:
         if callback.state == "ended":
             return
+        if len(digits) == 2 and digits[0] == "*" and digits[1] in LANGUAGE_KEYS:
+            callback.language = LANGUAGE_KEYS[digits[1]]
+            self._event(callback, "language", callback.language)
+            self._play(callback, "a", [("text", self._words(callback)["language"])], interruptible=True)
+            self._ask(callback, after=None, attempt=attempt)
+            return
         if digits == self.balance_code and self.balance is not None:
             d = ensureDeferred(self._say_balance(callback))
             d.addBoth(lambda _: self._ask(callback, after=None, attempt=attempt))
@@ -524,6 +538,11 @@ class CallbackEngine:
             self._finish(callback, self._ended_outcome(callback), "max duration")
             return
         self._arm_timer(callback)
+        if callback.max_seconds is not None and callback.user1_answered_at is not None:
+            left = callback.user1_answered_at + callback.max_seconds - self.clock.seconds()
+            minutes = max(1, int(left // 60))
+            self._play(callback, "a", [("text", self._words(callback)["max"].format(minutes=minutes))],
+                       interruptible=True)
         self._dial_user2(callback, number, rate)
 
     async def _say_balance(self, callback: Callback) -> None:
@@ -535,7 +554,7 @@ class CallbackEngine:
 
     def _play(self, callback: Callback, side: str, items: list[tuple[str, Any]], *, interruptible: bool) -> Deferred:
         prompts_library = self.media.prompts
-        language = callback.request.language
+        language = callback.language
         if prompts_library is None:
             return _succeeded(None)
 

@@ -297,3 +297,17 @@ def test_the_ivr_gives_up_after_three_empty_attempts():
         assert callback.done.result.outcome == "cancelled" and h.take(U1, "BYE")
     finally:
         h.close()
+
+
+def test_user1_picks_the_ivr_language_with_star_and_a_digit():
+    h = Harness()
+    try:
+        callback = h.start(user2=None)
+        h.answer(U1, 200, "OK", sdp(8))
+        press(h, callback, "*3#")
+        assert callback.language == "fr" and callback.state == "collecting"
+        assert ("language", "fr") in [(e["state"], e["detail"]) for e in callback.events]
+        press(h, callback, "*9#")  # not a language: an invalid number, asked again
+        assert callback.language == "fr" and callback.state == "collecting"
+    finally:
+        h.close()
