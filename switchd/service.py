@@ -260,6 +260,9 @@ def make_service(config: Config, reactor) -> MultiService:
         recordings_dir=config.media.recordings_dir or os.path.join(state_dir, "recordings"),
         run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
     )
+    from .api import vouchers as vouchers_api
+
+    vouchers_api.mount(api, limiter)
     if sip is not None:
         import treq
 
@@ -271,14 +274,15 @@ def make_service(config: Config, reactor) -> MultiService:
         sms_callback = None
         if sip.media is not None:
             sms_callback = SmsCallback(db, reactor, sip.callbacks, messages=sms.engine,
-                                       reload_seconds=config.sip.reload_seconds)
+                                       reload_seconds=config.sip.reload_seconds, limiter=limiter)
             sms.engine.commands = sms_callback
             sms_callback.setServiceParent(top)
         CallbacksAPI(api, sip.callbacks, post_json=poster.post, bus=bus, sms=sms_callback).mount()
         if config.iif.listen:
             from .iif.service import IifService
 
-            IifService(config, reactor, sip.callbacks, registry).setServiceParent(top)
+            IifService(config, reactor, sip.callbacks, registry, db=db,
+                       reload_seconds=config.sip.reload_seconds).setServiceParent(top)
     site = Site(api.resource())
     site.displayTracebacks = False
     for description in config.api.listen:

@@ -362,7 +362,7 @@ def _callback_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                 "tags": ["callbacks"],
                 "summary": "An SMS received by a carrier or forwarder for a callback access number (seed 002)",
                 "description": "The text is a callback command (U.login P.password D.number O.number, "
-                               "R.number, B.name, N<k>, I). The answer holds the reply to send back.",
+                               "R.number, B.name, N<k>, T.pin, I). The answer holds the reply to send back.",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object",
                     "additionalProperties": False,
@@ -440,6 +440,202 @@ def _callback_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                         },
                         "required": ["callback_id", "state", "outcome", "real_duration", "items"]}}}},
                     **_problem_responses(401, 404),
+                },
+            },
+        },
+    }
+
+
+def _voucher_paths(schemas: dict[str, Any]) -> dict[str, Any]:
+    """Voucher lots and PIN top-ups (switchd/api/vouchers.py)."""
+    from .vouchers import (
+        EXPIRES_DOC,
+        EXPORT_KEY_PATTERN,
+        LOGIN_PATTERN,
+        LOTS,
+        PASSWORD_PATTERN,
+        PIN_PATTERN,
+    )
+
+    when = {"type": ["string", "null"], "format": "date-time"}
+    lot_props = {
+        "id": {"type": "integer"},
+        "name": {"type": "string"},
+        "kind": {"type": "string", "enum": ["pin", "login"]},
+        "count": {"type": "integer"},
+        "value": {"type": "string"},
+        "currency": {"type": "string"},
+        "expires_at": dict(when, description=EXPIRES_DOC),
+        "status": {"type": "string", "enum": ["active", "disabled"]},
+        "counts": {
+            "type": "object",
+            "description": "Vouchers in the lot, used ones, and not used yet.",
+            "properties": {"total": {"type": "integer"}, "used": {"type": "integer"}, "left": {"type": "integer"}},
+            "required": ["total", "used", "left"],
+            "additionalProperties": False,
+        },
+        "created_by_key_id": {"type": ["integer", "null"]},
+        "export_until": dict(when, description="Until when the secrets can be exported (once)."),
+        "exported_at": dict(when, description="When the secrets were exported (null: not yet)."),
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    }
+    schemas["VoucherLot"] = {"type": "object", "description": "A lot of prepaid vouchers.", "properties": lot_props,
+                             "required": list(lot_props), "additionalProperties": False}
+    created = dict(lot_props, export_key={
+        "type": ["string", "null"],
+        "description": "Opens the secrets for the one export (Export-Key of vouchers.csv). Shown only now; "
+                       "null when an Idempotency-Key replays the answer."})
+    schemas["VoucherLotCreated"] = {"type": "object", "properties": created, "required": list(created),
+                                    "additionalProperties": False}
+    inputs = {f.name: f.json_schema(True) for f in LOTS.fields}
+    schemas["VoucherLotCreate"] = {
+        "type": "object",
+        "properties": {**inputs, "expires_at": dict(when, description=EXPIRES_DOC)},
+        "required": [f.name for f in LOTS.fields if f.required],
+        "additionalProperties": False,
+    }
+    schemas["VoucherLotUpdate"] = {
+        "type": "object",
+        "properties": {f.name: f.json_schema(True) for f in LOTS.fields if not f.immutable},
+        "additionalProperties": False,
+    }
+    voucher_props = {
+        "id": {"type": "integer"},
+        "lot_id": {"type": "integer"},
+        "serial": {"type": "integer", "description": "1 to count within the lot."},
+        "pin_prefix": {"type": ["string", "null"], "description": "First digits of the PIN (not secret)."},
+        "login": {"type": ["string", "null"], "description": "The login of a login voucher (not secret)."},
+        "used": {"type": "boolean"},
+        "used_at": when,
+        "used_by_account_id": {"type": ["integer", "null"]},
+        "transaction_id": {"type": ["integer", "null"], "description": "The ledger row of the top-up."},
+    }
+    schemas["Voucher"] = {"type": "object", "properties": voucher_props, "required": list(voucher_props),
+                          "additionalProperties": False}
+    for name in ("VoucherLot", "Voucher"):
+        schemas[f"{name}List"] = {
+            "type": "object",
+            "properties": {"items": {"type": "array", "items": {"$ref": f"#/components/schemas/{name}"}},
+                           "next_cursor": {"type": ["string", "null"]}},
+            "required": ["items", "next_cursor"],
+            "additionalProperties": False,
+        }
+    schemas["VoucherRedeem"] = {
+        "description": "A PIN (spaces and dashes are ignored), or a login and password.",
+        "oneOf": [
+            {"type": "object", "properties": {"pin": {"type": "string", "pattern": PIN_PATTERN}},
+             "required": ["pin"], "additionalProperties": False},
+            {"type": "object", "properties": {"login": {"type": "string", "pattern": LOGIN_PATTERN},
+                                              "password": {"type": "string", "pattern": PASSWORD_PATTERN}},
+             "required": ["login", "password"], "additionalProperties": False},
+        ],
+    }
+    topup = {
+        "voucher_id": {"type": "integer"},
+        "lot_id": {"type": "integer"},
+        "account_id": {"type": "integer"},
+        "amount": {"type": "string", "description": "What was added, in the account's currency."},
+        "currency": {"type": "string"},
+        "balance": {"type": "string", "description": "The balance right after."},
+        "transaction_id": {"type": "integer", "description": "The ledger row (kind topup, reference voucher:<id>)."},
+    }
+    schemas["VoucherTopup"] = {"type": "object", "properties": topup, "required": list(topup),
+                               "additionalProperties": False}
+    lot_id = dict(ID_PARAM, description="Voucher lot id")
+    too_many = {
+        "description": "Too many failed attempts by this key or for this account",
+        "headers": {"Retry-After": {"required": True, "schema": {"type": "integer", "minimum": 1},
+                                    "description": "Seconds to wait."}},
+        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    tags = ["voucher-lots"]
+    return {
+        "/v1/voucher-lots": {
+            "get": {
+                "operationId": "listVoucherLot",
+                "tags": tags,
+                "summary": "List voucher lots (admin keys)",
+                "parameters": PAGING + [
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["active", "disabled"]}},
+                    {"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["pin", "login"]}},
+                ],
+                "responses": {"200": {"description": "A page", "content": _json("VoucherLotList")},
+                              **_problem_responses(401, 403, 422)},
+            },
+            "post": {
+                "operationId": "createVoucherLot",
+                "tags": tags,
+                "summary": "Make a lot of vouchers (admin keys); the answer's export_key is shown once",
+                "parameters": [IDEMPOTENCY],
+                "requestBody": {"required": True, "content": _json("VoucherLotCreate")},
+                "responses": {"201": {"description": "Made", "content": _json("VoucherLotCreated")},
+                              **_problem_responses(400, 401, 403, 409, 413, 415, 422)},
+            },
+        },
+        "/v1/voucher-lots/{id}": {
+            "parameters": [lot_id],
+            "get": {
+                "operationId": "getVoucherLot",
+                "tags": tags,
+                "summary": "A lot with its counts",
+                "responses": {"200": {"description": "The lot", "content": _json("VoucherLot")},
+                              **_problem_responses(401, 403, 404)},
+            },
+            "patch": {
+                "operationId": "updateVoucherLot",
+                "tags": tags,
+                "summary": "Disable or enable a lot, or rename it",
+                "requestBody": {"required": True, "content": _json("VoucherLotUpdate")},
+                "responses": {"200": {"description": "Changed", "content": _json("VoucherLot")},
+                              **_problem_responses(400, 401, 403, 404, 409, 413, 415, 422)},
+            },
+        },
+        "/v1/voucher-lots/{id}/vouchers": {
+            "parameters": [lot_id],
+            "get": {
+                "operationId": "listVoucher",
+                "tags": tags,
+                "summary": "The lot's vouchers: which were used, when, by which account",
+                "parameters": PAGING + [{"name": "used", "in": "query", "schema": {"type": "boolean"}}],
+                "responses": {"200": {"description": "A page", "content": _json("VoucherList")},
+                              **_problem_responses(401, 403, 404, 422)},
+            },
+        },
+        "/v1/voucher-lots/{id}/vouchers.csv": {
+            "parameters": [lot_id],
+            "get": {
+                "operationId": "exportVoucherLot",
+                "tags": tags,
+                "summary": "The lot as CSV: with Export-Key, once and within 24 hours, the secrets; else the state",
+                "description": "With the lot's export key: serial, pin (or login, password), value, currency, "
+                               "expires_at; the secrets are erased from switchd as they are sent. Without it: "
+                               "serial, pin_prefix (or login), state (unused, used, expired, disabled), used_at, "
+                               "used_by_account_id.",
+                "parameters": [{"name": "Export-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "pattern": EXPORT_KEY_PATTERN},
+                                "description": "The export_key the create call returned."}],
+                "responses": {
+                    "200": {"description": "CSV (RFC 4180)", "content": {"text/csv": {"schema": {"type": "string"}}}},
+                    **_problem_responses(401, 403, 404, 409, 422),
+                },
+            },
+        },
+        "/v1/accounts/{id}/topups/voucher": {
+            "parameters": [dict(ID_PARAM, description="Account id")],
+            "post": {
+                "operationId": "redeemVoucher",
+                "tags": ["accounts"],
+                "summary": "Top the account up with a voucher (admin keys and the account's customer)",
+                "description": "A voucher works once, for accounts in its currency, until it expires or its lot "
+                               "is disabled. 404: wrong PIN or password; 409: used, expired, disabled, another "
+                               "currency; 429 after too many failures.",
+                "parameters": [IDEMPOTENCY],
+                "requestBody": {"required": True, "content": _json("VoucherRedeem")},
+                "responses": {
+                    "201": {"description": "Topped up", "content": _json("VoucherTopup")},
+                    "429": too_many,
+                    **_problem_responses(400, 401, 403, 404, 409, 413, 415, 422),
                 },
             },
         },
@@ -668,6 +864,7 @@ def document() -> dict[str, Any]:
         },
     }
     paths.update(_sms_paths(schemas))
+    paths.update(_voucher_paths(schemas))
     paths["/health"] = {
         "get": {
             "operationId": "health",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from sqlalchemy import select
@@ -804,6 +805,75 @@ CDRS = Resource(
     filters=("account_id", "service_id", "trunk_id"),
 )
 
+# -- IIF peers provisioned through the API (on top of [iif] peers) ---------------------------
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_HEX = r"[0-9A-Fa-f]{1,4}"
+#: An IPv4 address (no leading zeros) or an IPv6 address in hex groups: what ipaddress reads.
+IP_PATTERN = (
+    rf"^(({_OCTET}\.){{3}}{_OCTET}|({_HEX}:){{7}}{_HEX}|({_HEX}:){{1,7}}:|({_HEX}:){{1,6}}:{_HEX}"
+    rf"|({_HEX}:){{1,5}}(:{_HEX}){{1,2}}|({_HEX}:){{1,4}}(:{_HEX}){{1,3}}|({_HEX}:){{1,3}}(:{_HEX}){{1,4}}"
+    rf"|({_HEX}:){{1,2}}(:{_HEX}){{1,5}}|{_HEX}:(:{_HEX}){{1,6}}|:((:{_HEX}){{1,7}}|:))$"
+)
+#: A dialable number as IIF sends it: at most 31 characters, '+' included.
+CALLER_PATTERN = r"^(\+[0-9]{1,30}|[0-9]{1,31})$"
+
+
+def _iif_peer_check(conn: Connection, values: dict[str, Any], peer_id: int | None) -> None:
+    """One spelling per address (so the unique (host, port) holds), and a caller for the calls."""
+    if "host" in values:
+        address = ipaddress.ip_address(values["host"])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        values["host"] = str(address)
+    if "default_caller" in values or "external_line_mode" in values:
+        current: dict[str, Any] = {"default_caller": None, "external_line_mode": False}
+        if peer_id is not None:
+            row = conn.execute(select(m.iif_peers.c.default_caller, m.iif_peers.c.external_line_mode)
+                               .where(m.iif_peers.c.id == peer_id)).one()
+            current = dict(row._mapping)
+        current.update((k, values[k]) for k in current if k in values)
+        if not current["default_caller"] and not current["external_line_mode"]:
+            raise Problem(409, "set default_caller, or turn external_line_mode on (the trunk's own number "
+                               "is then the caller): some carriers reject calls without a caller number")
+    elif peer_id is None:
+        raise Problem(409, "set default_caller, or turn external_line_mode on")
+
+
+def _iif_peer_create(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> dict[str, Any]:
+    _iif_peer_check(conn, values, None)
+    return {}
+
+
+def _iif_peer_update(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> None:
+    _iif_peer_check(conn, values, ctx.object_id)
+
+
+IIF_PEERS = Resource(
+    "IifPeer",
+    "iif-peers",
+    m.iif_peers,
+    (
+        _id(),
+        text("host", 64, "IP address the application server sends REQUESTs from (stored in its usual spelling; "
+             "an IPv4-mapped IPv6 address as IPv4).", required=True, pattern=IP_PATTERN),
+        integer("port", "Its source port (0: any port of that address).", 0, maximum=65535),
+        ref("service_id", "services", "The service that pays for the peer's callbacks and routes both calls.",
+            required=True),
+        opt_text("default_caller", 32, "Calling number of both calls (the seed's \"Default caller\"); "
+                 "required unless external_line_mode is on.", pattern=CALLER_PATTERN),
+        flag("external_line_mode", "Without default_caller, present the trunk's own number."),
+        flag("enabled", "Disabled peers are ignored like strangers.", True),
+        _created(),
+        _updated(),
+    ),
+    "IIF application servers (seed 003) allowed to send REQUESTs, besides those of [iif] peers.",
+    filters=("service_id", "host", "enabled"),
+    on_create=_iif_peer_create,
+    on_update=_iif_peer_update,
+)
+
+
 #: Top-level collections, in the order the OpenAPI document lists them.
 COLLECTIONS: tuple[Resource, ...] = (
     CUSTOMERS,
@@ -825,6 +895,7 @@ COLLECTIONS: tuple[Resource, ...] = (
     CALLBACK_CLIENTS,
     CALLBACK_NUMBERS,
     PHONE_DIRECTORY,
+    IIF_PEERS,
     API_KEYS,
     CDRS,
 )

@@ -6,12 +6,15 @@ authorises the client by its registered sender number or by ``U.``/``P.`` in
 the text, acts on the command (see :mod:`switchd.core.smscommands`) and
 returns the short reply, which the entry point sends back by SMS (or in its
 HTTP answer). The callback's first call shows the access number as caller,
-so the user recognises it.
+so the user recognises it. ``T.<pin>`` tops the client's account up with a
+voucher (:mod:`switchd.billing.vouchers`), behind the same brake on guessing
+as the API: an account whose vouchers fail too often is refused for a while.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 from typing import Any
 
 from sqlalchemy import select
@@ -21,11 +24,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..billing import vouchers
 from ..store.models import numbers, services
 
 from . import clients
 from .callback import CallbackRefused, CallbackRequest
-from .smscommands import CommandError, parse
+from .ratelimit import RateLimiter
+from .smscommands import Command, CommandError, parse
 
 
 def load_access_numbers(conn) -> dict[str, tuple[int, int]]:
@@ -45,7 +50,7 @@ class SmsCallback(Service):
     log = Logger()
 
     def __init__(self, db: Any, clock: IReactorTime, engine: Any, *, messages: Any = None,
-                 reload_seconds: float = 10.0) -> None:
+                 reload_seconds: float = 10.0, limiter: RateLimiter | None = None) -> None:
         self.db = db
         self.clock = clock
         self.engine = engine
@@ -53,6 +58,8 @@ class SmsCallback(Service):
         self.reload_seconds = reload_seconds
         self.access: dict[str, tuple[int, int]] = {}
         self.handled = 0
+        # Without the node's shared limiter, a limiter of its own: SMS guesses are braked all the same.
+        self.guard = vouchers.RedeemGuard(limiter if limiter is not None else RateLimiter(clock), clock)
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -126,6 +133,8 @@ class SmsCallback(Service):
         if command.action == "info":
             amount, currency = await self.db.run(clients.balance, client)
             return f"balance {amount:.2f} {currency}"
+        if command.action == "topup":
+            return await self._topup(client, command)
         if command.action == "directory":
             number = await self.db.run(clients.directory_number, client, name=command.name, position=command.position)
             if number is None:
@@ -133,6 +142,28 @@ class SmsCallback(Service):
                 return f"no directory entry {which}"
             return await self._call(client, sender, sender, number, access_number)
         return await self._call(client, sender, command.source or sender, command.destination, access_number)
+
+    async def _topup(self, client: clients.Client, command: Command) -> str:
+        """T.<pin>: redeem for the client's account, behind the guard; the reply says what happened."""
+        keys = (("account", client.account_id),)
+        wait = self.guard.admit(keys)
+        if wait:
+            return f"too many wrong vouchers; try again in {max(1, math.ceil(wait / 60))} min"
+        failed = False
+        try:
+            done = await self.db.run(vouchers.redeem, client.account_id, self._now(), pin=command.pin,
+                                     login=command.voucher_login, password=command.voucher_password)
+        except vouchers.RedeemRefused as refused:
+            failed = True
+            self.log.info("SMS voucher for account {account} refused: {reason}", account=client.account_id,
+                          reason=refused.reason)
+            return refused.reason[:150]
+        finally:
+            self.guard.done(keys, failed)
+        self.log.info("account {account} topped up by {amount} {currency} with voucher {voucher} by SMS",
+                      account=client.account_id, amount=done.amount, currency=done.currency,
+                      voucher=done.voucher_id)
+        return f"topped up {done.amount:.2f} {done.currency}, balance {done.balance:.2f} {done.currency}"
 
     async def _call(self, client: clients.Client, sender: str, source: str, destination: str,
                     access_number: str) -> str:

@@ -12,7 +12,10 @@ fields may come in any order, separated by spaces):
 ``N<k>``
     call the k-th directory entry (``N2``);
 ``I``
-    reply with the account's status.
+    reply with the account's status;
+``T.<pin>``
+    top the account up with a voucher PIN (dashes between the digits are
+    ignored); ``T.<login>/<password>`` for a login voucher.
 
 ``U.``/``P.`` may accompany any command (authorisation by login); without
 them the sender's registered number authorises. Anything else raises
@@ -25,6 +28,9 @@ import re
 from dataclasses import dataclass
 
 NUMBER = re.compile(r"^\+?[0-9]{3,31}$")
+PIN = re.compile(r"^[0-9]{12,32}$")
+VOUCHER_LOGIN = re.compile(r"^[0-9]{7,16}$")
+VOUCHER_PASSWORD = re.compile(r"^[0-9]{1,32}$")
 MAX_TEXT = 480
 
 
@@ -38,7 +44,7 @@ class CommandError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    action: str  # "call", "register", "directory", "info"
+    action: str  # "call", "register", "directory", "info", "topup"
     login: str | None = None
     password: str | None = None
     destination: str | None = None  # call: the number to reach
@@ -46,6 +52,9 @@ class Command:
     number: str | None = None  # register
     name: str | None = None  # directory by name
     position: int | None = None  # directory by position (N<k>)
+    pin: str | None = None  # topup: the voucher PIN, digits only
+    voucher_login: str | None = None  # topup: a login voucher's login...
+    voucher_password: str | None = None  # ...and password
 
 
 def _number(field: str, value: str) -> str:
@@ -53,6 +62,20 @@ def _number(field: str, value: str) -> str:
     if not NUMBER.match(value):
         raise CommandError(f"{field} must be a phone number, not {value[:20]!r}")
     return value
+
+
+def _topup(login: str | None, password: str | None, value: str) -> Command:
+    """``T.<pin>`` or ``T.<login>/<password>``; dashes between digits are ignored."""
+    voucher, slash, secret = value.partition("/")
+    if slash:
+        secret = secret.replace("-", "")
+        if not VOUCHER_LOGIN.match(voucher) or not VOUCHER_PASSWORD.match(secret):
+            raise CommandError("T.login/password: the voucher's login and password are digits")
+        return Command("topup", login, password, voucher_login=voucher, voucher_password=secret)
+    pin = voucher.replace("-", "")
+    if not PIN.match(pin):
+        raise CommandError("T. needs the voucher PIN: 12 to 32 digits")
+    return Command("topup", login, password, pin=pin)
 
 
 def parse(text: str) -> Command:
@@ -79,17 +102,18 @@ def parse(text: str) -> Command:
                 continue
             raise CommandError(f"cannot read {word[:20]!r}; fields look like D.number")
         key, value = match.group(1).upper(), match.group(2)
-        if key not in "UPDORB":
-            raise CommandError(f"unknown field {key}.; use U. P. D. O. R. B. N or I")
+        if key not in "UPDORBT":
+            raise CommandError(f"unknown field {key}.; use U. P. D. O. R. B. N T or I")
         if key in fields:
             raise CommandError(f"{key}. given twice")
         fields[key] = value
     login, password = fields.pop("U", None), fields.pop("P", None)
     if (login is None) != (password is None):
         raise CommandError("give both U.login and P.password")
-    actions = [k for k in ("D", "R", "B", "I") if k in fields] + (["N"] if position is not None else [])
+    actions = [k for k in ("D", "R", "B", "I", "T") if k in fields] + (["N"] if position is not None else [])
     if len(actions) != 1:
-        raise CommandError("send one command: D. (call), R. (register), B. or N (directory), I (status)")
+        raise CommandError("send one command: D. (call), R. (register), B. or N (directory), I (status), "
+                           "T. (top-up)")
     action = actions[0]
     if action != "D" and "O" in fields:
         raise CommandError("O. goes with D. only")
@@ -105,6 +129,8 @@ def parse(text: str) -> Command:
         if not 1 <= len(name) <= 64:
             raise CommandError("B.name: the name is 1 to 64 characters")
         return Command("directory", login, password, name=name)
+    if action == "T":
+        return _topup(login, password, fields["T"])
     if action == "N":
         if position is None or position < 1:
             raise CommandError("N needs an entry number from 1")

@@ -8,9 +8,11 @@ import os
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..config import Config, ConfigError
+from .peers import load_iif_peers
 from .server import IifPeer, IifServer, PeerConfigError, PeerTable
 
 
@@ -51,14 +53,19 @@ class IifService(Service):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor, engine, registry: CollectorRegistry) -> None:
+    def __init__(self, config: Config, reactor, engine, registry: CollectorRegistry, db=None,
+                 reload_seconds: float = 10.0) -> None:
         self.config = config
         self.reactor = reactor
+        self.db = db
+        self.reload_seconds = reload_seconds
+        self._loop: LoopingCall | None = None
         try:
             self.host, self.port_number = split_address(config.iif.listen)
         except ValueError as e:
             raise ConfigError(config.source, str(e), "iif", "listen") from None
-        self.peers = PeerTable(peers_from_config(config))
+        self.config_peers = peers_from_config(config)
+        self.peers = PeerTable(self.config_peers)
         self.server = IifServer(engine, self.peers, reactor, remember_seconds=config.iif.remember_seconds,
                                 registry=registry)
         self.port = None
@@ -78,8 +85,29 @@ class IifService(Service):
         self.log.info("[iif] listening on {listen} (UDP {host} port {port})", listen=self.config.iif.listen,
                       host=address.host, port=address.port)
 
+    def startService(self) -> None:
+        super().startService()
+        if self.db is not None:
+            self._loop = LoopingCall(self.reload)
+            self._loop.clock = self.reactor
+            self._loop.start(self.reload_seconds, now=True)
+
+    def reload(self):
+        """``[iif] peers`` plus the enabled rows of ``/v1/iif-peers``."""
+        def loaded(api_peers):
+            try:
+                self.peers.replace(self.config_peers + api_peers)
+            except PeerConfigError as e:
+                self.log.warn("IIF peers not reloaded: {error}", error=str(e))
+
+        d = self.db.run(load_iif_peers, self.config_peers)
+        d.addCallbacks(loaded, lambda f: self.log.failure("cannot read the IIF peers", f))
+        return d
+
     def stopService(self):
         super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
         self.server.hangup_all("shutdown")
         if self.port is not None:
             return self.port.stopListening()

@@ -671,3 +671,67 @@ phone_directory = Table(
     UniqueConstraint("client_id", "position", name="uq_phone_directory_position"),
     UniqueConstraint("client_id", "name", name="uq_phone_directory_name"),
 )
+
+
+# -- vouchers (PIN top-ups) and IIF peers -----------------------------------------------
+
+VOUCHER_KINDS = ("pin", "login")
+
+voucher_lots = Table(
+    "voucher_lots",
+    metadata,
+    # A batch of prepaid vouchers of one value. The secrets themselves are
+    # never stored: each voucher keeps a salted hash, and, until the one
+    # export, its secret sealed under a key that only the creator was given.
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(8), nullable=False, default="pin"),  # pin, or login/password pairs
+    Column("count", Integer, nullable=False),
+    Column("value", Money(), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("created_by_key_id", Integer, ForeignKey("api_keys.id"), nullable=True),
+    Column("salt", String(32), nullable=False),
+    # sha256 of the export key (256 random bits: no salt needed); the secrets
+    # can be exported once, until export_until.
+    Column("export_key_hash", String(64), nullable=True),
+    Column("export_until", UTCDateTime(), nullable=True),
+    Column("exported_at", UTCDateTime(), nullable=True),
+    _created(),
+    _updated(),
+)
+
+vouchers = Table(
+    "vouchers",
+    metadata,
+    Column("id", BigId, primary_key=True),
+    Column("lot_id", Integer, ForeignKey("voucher_lots.id"), nullable=False),
+    # 1..count within the lot; a login voucher's login is the lot id and this.
+    Column("serial", Integer, nullable=False),
+    # First digits of a PIN: not secret, finds the candidates for a PIN.
+    Column("pin_prefix", String(8), nullable=True, index=True),
+    Column("secret_hash", String(64), nullable=False),
+    # The PIN or password sealed under the lot's export key; NULL once exported.
+    Column("sealed", BigInteger, nullable=True),
+    Column("used_at", UTCDateTime(), nullable=True),
+    Column("used_by_account_id", Integer, ForeignKey("accounts.id"), nullable=True),
+    Column("ledger_id", BigId, ForeignKey("ledger.id"), nullable=True),
+    UniqueConstraint("lot_id", "serial", name="uq_vouchers_lot_serial"),
+)
+
+iif_peers = Table(
+    "iif_peers",
+    metadata,
+    # IIF application servers provisioned through the API (on top of [iif] peers).
+    Column("id", Integer, primary_key=True),
+    Column("host", String(64), nullable=False),
+    Column("port", Integer, nullable=False, default=0),  # 0: any source port of the host
+    Column("service_id", Integer, ForeignKey("services.id"), nullable=False, index=True),
+    Column("default_caller", String(32), nullable=True),
+    Column("external_line_mode", Boolean, nullable=False, default=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    _created(),
+    _updated(),
+    UniqueConstraint("host", "port", name="uq_iif_peers_host_port"),
+)

@@ -230,6 +230,16 @@ def test_sms_callback_commands_over_http(net, tmp_path):
     assert sms(USER1, "U.bob P.wrong R." + USER1) == "wrong login or password"
     assert sms(USER1, "U.bob P.pw R." + USER1) == f"{USER1} registered"
     assert sms(USER1, "I") == "balance 10.00 EUR"
+    # T.<pin>: a voucher tops the account up; its PIN comes from the lot's one export.
+    lot = api.post("/v1/voucher-lots", {"name": "sms", "count": 1, "value": "5", "currency": "EUR"})
+    export = urllib.request.Request(f"{net.daemon.url}/v1/voucher-lots/{lot['id']}/vouchers.csv", headers={
+        "Authorization": f"Bearer {api.key}", "Export-Key": lot["export_key"]})
+    with urllib.request.urlopen(export, timeout=10) as answer:
+        pin = answer.read().decode().splitlines()[1].split(",")[1]
+    assert sms(USER1, f"T.{pin}") == "topped up 5.00 EUR, balance 15.00 EUR"
+    assert sms(USER1, f"T.{pin}") == "this voucher was already used"
+    assert sms(USER1, "T.12") == "T. needs the voucher PIN: 12 to 32 digits"
+    assert sms(USER1, "I") == "balance 15.00 EUR"
     assert sms(USER1, "B.nobody") == "no directory entry nobody"
     assert sms(USER1, "hello") == "cannot read 'hello'; fields look like D.number"
     assert sms(USER1, "b.office") == f"calling {USER1}, then {USER2}"
@@ -262,7 +272,7 @@ def test_sms_callback_over_smpp_from_an_upstream_link(net, tmp_path):
         smsc.send_mo(USER1, "4415550002", f"U.carol P.pw R.{USER1}".encode())
         smsc.wait(lambda: (USER1, f"{USER1} registered".encode()) in replies(), "the reply to R.")
         smsc.send_mo(USER1, "4415550002", b"X.1")
-        smsc.wait(lambda: (USER1, b"unknown field X.; use U. P. D. O. R. B. N or I") in replies(), "the error reply")
+        smsc.wait(lambda: (USER1, b"unknown field X.; use U. P. D. O. R. B. N T or I") in replies(), "the error reply")
         smsc.send_mo(USER1, "4415550002", b"N1")
         smsc.wait(lambda: (USER1, f"calling {USER1}, then {USER2}".encode()) in replies(), "the reply to N1")
         cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=30)
@@ -270,3 +280,23 @@ def test_sms_callback_over_smpp_from_an_upstream_link(net, tmp_path):
         assert all(a.status == 0 for a in smsc.answered)  # every MO acknowledged
     finally:
         smsc.close()
+
+
+@pytest.mark.slow
+def test_iif_peers_added_through_the_api_are_served(net):
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.6", 0))
+    other.settimeout(1)
+    port = net.daemon.listeners[("iif", "udp")]
+    try:
+        other.sendto(b"REQUEST: id=p-1;user1=9;user2=8;duration=60;", ("127.0.0.1", port))
+        with pytest.raises(socket.timeout):
+            other.recvfrom(2048)  # not a peer yet: ignored
+        net.api.post("/v1/iif-peers", {"host": "127.0.0.6", "port": other.getsockname()[1],
+                                       "service_id": net.service["id"], "default_caller": "442000001"})
+        time.sleep(1.5)  # peers are re-read every second here
+        other.settimeout(10)
+        other.sendto(b"REQUEST: id=p-2;user1=9;user2=8;duration=60;", ("127.0.0.1", port))
+        assert other.recvfrom(2048)[0] == b"ACK: id=p-2;code=fail"  # served (9 has no rate)
+    finally:
+        other.close()

@@ -24,6 +24,14 @@ def test_forms_the_seed_implies():
     assert parse("U.cb P.pw n3") == Command("directory", "cb", "pw", position=3)
 
 
+def test_voucher_top_ups():
+    assert parse("T.1234567890123456") == Command("topup", pin="1234567890123456")
+    assert parse("t.1234-5678-9012-3456") == Command("topup", pin="1234567890123456")  # as printed on a card
+    assert parse("U.cb P.pw T.123456789012") == Command("topup", "cb", "pw", pin="123456789012")
+    assert parse("T.7000001/1234-5678-9012") == Command("topup", voucher_login="7000001",
+                                                         voucher_password="123456789012")
+
+
 @pytest.mark.parametrize("text, reason", [
     ("", "empty message"),
     ("hello", "cannot read 'hello'"),
@@ -38,6 +46,15 @@ def test_forms_the_seed_implies():
     ("N0", "entry number from 1"),
     ("D." + "1" * 40, "D. must be a phone number"),
     ("x" * 500, "too long"),
+    ("T.12345", "T. needs the voucher PIN: 12 to 32 digits"),
+    ("T.1234abcd56789012", "T. needs the voucher PIN"),
+    ("T." + "1" * 33, "T. needs the voucher PIN"),
+    ("T.12/34", "the voucher's login and password are digits"),
+    ("T.7000001/", "the voucher's login and password are digits"),
+    ("T.1234567890123 D.48774417880", "send one command"),
+    ("T.1234567890123 T.1234567890123", "T. given twice"),
+    ("T.1234567890123 O.123456", "O. goes with D. only"),
+    ("U.cb T.1234567890123", "give both U.login and P.password"),
 ])
 def test_bad_commands_say_what_is_wrong(text, reason):
     with pytest.raises(CommandError) as error:
