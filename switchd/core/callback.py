@@ -28,7 +28,8 @@ from user1's DTMF (the prompt stops at the first key). With ``ivr=True`` the
 IVR comes back after the second call ends or fails ("the number is busy"),
 so user1 can make several calls on one callback; the hang-up code (``##``)
 ends the second call and keeps user1; the balance code (``111``) speaks the
-account's balance. ``real_duration`` adds up every second call's talk time.
+account's balance; ``**<pin>#`` tops the account up with a voucher PIN.
+``real_duration`` adds up every second call's talk time.
 """
 
 from __future__ import annotations
@@ -195,25 +196,30 @@ class CallbackEngine:
                "busy": "The number is busy.", "no_answer": "There is no answer.",
                "failed": "The call could not be completed.", "refused": "This number cannot be called.",
                "balance": "Your balance is {amount} {currency}.", "goodbye": "Goodbye.",
-               "max": "You can talk for up to {minutes} minutes.", "language": "English."},
+               "max": "You can talk for up to {minutes} minutes.", "language": "English.",
+               "topup": "{amount} {currency} added. Your balance is {balance} {currency}.", "topup_failed": "This PIN cannot be used."},
         "es": {"ask": "Marque el número al que desea llamar, seguido de la tecla numeral.",
                "busy": "El número está ocupado.", "no_answer": "No contesta.",
                "failed": "No se pudo completar la llamada.", "refused": "No se puede llamar a este número.",
                "balance": "Su saldo es {amount} {currency}.", "goodbye": "Adiós.",
-               "max": "Puede hablar hasta {minutes} minutos.", "language": "Español."},
+               "max": "Puede hablar hasta {minutes} minutos.", "language": "Español.",
+               "topup": "Se añadieron {amount} {currency}. Su saldo es {balance} {currency}.", "topup_failed": "Este PIN no se puede usar."},
         "fr": {"ask": "Composez le numéro que vous souhaitez appeler, suivi de la touche dièse.",
                "busy": "Le numéro est occupé.", "no_answer": "Il n'y a pas de réponse.",
                "failed": "L'appel n'a pas pu aboutir.", "refused": "Ce numéro ne peut pas être appelé.",
                "balance": "Votre solde est de {amount} {currency}.", "goodbye": "Au revoir.",
-               "max": "Vous pouvez parler jusqu'à {minutes} minutes.", "language": "Français."},
+               "max": "Vous pouvez parler jusqu'à {minutes} minutes.", "language": "Français.",
+               "topup": "{amount} {currency} ajoutés. Votre solde est de {balance} {currency}.", "topup_failed": "Ce code ne peut pas être utilisé."},
         "vi": {"ask": "Vui lòng nhập số bạn muốn gọi, sau đó nhấn phím thăng.",
                "busy": "Số máy đang bận.", "no_answer": "Không có người trả lời.",
                "failed": "Không thể thực hiện cuộc gọi.", "refused": "Không thể gọi số này.",
                "balance": "Số dư của bạn là {amount} {currency}.", "goodbye": "Tạm biệt.",
-               "max": "Bạn có thể nói chuyện tối đa {minutes} phút.", "language": "Tiếng Việt."},
+               "max": "Bạn có thể nói chuyện tối đa {minutes} phút.", "language": "Tiếng Việt.",
+               "topup": "Đã nạp {amount} {currency}. Số dư của bạn là {balance} {currency}.", "topup_failed": "Không thể dùng mã PIN này."},
         "zh": {"ask": "请输入您要拨打的号码，然后按井号键。", "busy": "对方忙。", "no_answer": "无人接听。",
                "failed": "呼叫无法接通。", "refused": "无法拨打此号码。", "balance": "您的余额是 {amount} {currency}。",
-               "goodbye": "再见。", "max": "您最多可以通话 {minutes} 分钟。", "language": "中文。"},
+               "goodbye": "再见。", "max": "您最多可以通话 {minutes} 分钟。", "language": "中文。",
+               "topup": "已充值 {amount} {currency}。您的余额是 {balance} {currency}。", "topup_failed": "此密码无法使用。"},
     }
 
     def __init__(
@@ -234,7 +240,11 @@ class CallbackEngine:
         next_digit_seconds: float = 5.0,
         ivr_attempts: int = 3,
         balance: Callable[[int], Awaitable[Any]] | None = None,
+        redeem: Callable[[int, str], Awaitable[Any]] | None = None,
+        topup_code: str = "**",
     ) -> None:
+        self.redeem = redeem  # (account id, PIN) -> Redeemed; raises with .reason when refused
+        self.topup_code = topup_code
         self.clock = clock
         self.authorize = authorize
         self.acquire_account = acquire_account
@@ -508,6 +518,10 @@ class CallbackEngine:
             self._play(callback, "a", [("text", self._words(callback)["language"])], interruptible=True)
             self._ask(callback, after=None, attempt=attempt)
             return
+        if self.redeem is not None and digits.startswith(self.topup_code) and digits[len(self.topup_code):].isdigit():
+            d = ensureDeferred(self._topup(callback, digits[len(self.topup_code):]))
+            d.addBoth(lambda _: self._ask(callback, after=None, attempt=attempt))
+            return
         if digits == self.balance_code and self.balance is not None:
             d = ensureDeferred(self._say_balance(callback))
             d.addBoth(lambda _: self._ask(callback, after=None, attempt=attempt))
@@ -544,6 +558,20 @@ class CallbackEngine:
             self._play(callback, "a", [("text", self._words(callback)["max"].format(minutes=minutes))],
                        interruptible=True)
         self._dial_user2(callback, number, rate)
+
+    async def _topup(self, callback: Callback, pin: str) -> None:
+        """A voucher PIN keyed in the IVR (``**<pin>#``) tops up the paying account."""
+        words = self._words(callback)
+        try:
+            done = await self.redeem(callback.account_id, pin)
+        except Exception as error:
+            self._event(callback, "topup_refused", getattr(error, "reason", str(error)))
+            await self._play(callback, "a", [("text", words["topup_failed"])], interruptible=True)
+            return
+        self._event(callback, "topup", f"{done.amount:.2f} {done.currency}")
+        text = words["topup"].format(amount=f"{done.amount:.2f}", currency=done.currency,
+                                     balance=f"{done.balance:.2f}")
+        await self._play(callback, "a", [("text", text)], interruptible=True)
 
     async def _say_balance(self, callback: Callback) -> None:
         amount, currency = await self.balance(callback.account_id)

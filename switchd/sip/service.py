@@ -28,7 +28,7 @@ from twisted.python.threadpool import ThreadPool
 
 import datetime
 
-from ..billing import cdr, ledger, rating
+from ..billing import cdr, ledger, rating, vouchers
 from ..config import Config, ConfigError
 from ..core.calls import Call, CallRegistry
 from ..core.events import EventBus
@@ -312,7 +312,9 @@ class SIPService(Service):
             first_digit_seconds=callback.first_digit_seconds,
             next_digit_seconds=callback.next_digit_seconds,
             balance=lambda account_id: self.db.run(ledger.balance_of, account_id),
+            redeem=self._ivr_redeem,
         )
+        self._redeem_guard = vouchers.RedeemGuard(limiter, reactor)
         registry.register(_SipCollector(self))
         self._loops: list[LoopingCall] = []
 
@@ -611,6 +613,19 @@ class SIPService(Service):
                                                  reason=getattr(f.value, "reason", f.getErrorMessage())))
 
         self.reactor.callLater(self.config.callback.ani_delay_seconds, call_back)
+
+    async def _ivr_redeem(self, account_id: int, pin: str):
+        """A PIN keyed in the callback IVR, behind the same guessing brake as the API and SMS."""
+        keys = (("account", account_id),)
+        if self._redeem_guard.admit(keys):
+            raise vouchers.RedeemRefused("guess", "too many wrong vouchers")
+        failed = True
+        try:
+            done = await self.db.run(vouchers.redeem, account_id, self._now(), pin=pin)
+            failed = False
+            return done
+        finally:
+            self._redeem_guard.done(keys, failed)
 
     async def _authorize(self, origin: Origin, callee: str):
         return await self.db.run(rating.authorize_call, origin.service_id, callee, self._now())

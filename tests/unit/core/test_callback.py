@@ -311,3 +311,28 @@ def test_user1_picks_the_ivr_language_with_star_and_a_digit():
         assert callback.language == "fr" and callback.state == "collecting"
     finally:
         h.close()
+
+
+def test_a_voucher_pin_keyed_in_the_ivr_tops_up_the_account():
+    from types import SimpleNamespace
+
+    h = Harness()
+    redeemed = []
+
+    async def redeem(account_id, pin):
+        redeemed.append((account_id, pin))
+        if pin != "123456789012":
+            raise ValueError("no such voucher")
+        return SimpleNamespace(amount=Decimal("5"), currency="EUR", balance=Decimal("15"))
+
+    h.engine.redeem = redeem
+    try:
+        callback = h.start(user2=None)
+        h.answer(U1, 200, "OK", sdp(8))
+        press(h, callback, "**999#")
+        press(h, callback, "**123456789012#")
+        states = [(e["state"], e["detail"]) for e in callback.events]
+        assert ("topup_refused", "no such voucher") in states and ("topup", "5.00 EUR") in states
+        assert redeemed == [(7, "999"), (7, "123456789012")] and callback.state == "collecting"
+    finally:
+        h.close()
