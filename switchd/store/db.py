@@ -25,8 +25,13 @@ from twisted.python.threadpool import ThreadPool
 T = TypeVar("T")
 
 
-def make_engine(url: str, pool_size: int = 8) -> Engine:
-    """An engine with the settings switchd needs on each backend."""
+def make_engine(url: str, pool_size: int = 8, *, reader: bool = False) -> Engine:
+    """An engine with the settings switchd needs on each backend.
+
+    ``reader`` (SQLite only): connections that only read, in deferred
+    transactions that never take the write lock (``PRAGMA query_only``); in
+    WAL mode they read a snapshot while the writer commits.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -46,13 +51,16 @@ def make_engine(url: str, pool_size: int = 8) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            if reader:
+                cur.execute("PRAGMA query_only=ON")
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):  # pragma: no cover - trivial
             # IMMEDIATE takes the write lock up front: no upgrade deadlocks
-            # between a reader that later writes and another writer.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # between a reader that later writes and another writer. A
+            # reader's transaction is a plain (deferred) one: a snapshot.
+            conn.exec_driver_sql("BEGIN" if reader else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://"):
@@ -73,8 +81,19 @@ def run_synchronously(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferr
     return maybeDeferred(fn, *args, **kwargs)
 
 
+#: Threads (and connections) of SQLite's readers.
+SQLITE_READERS = 2
+
+
 class Database(Service):
-    """Owns the engine and the worker threads; a child of the daemon's service."""
+    """Owns the engine and the worker threads; a child of the daemon's service.
+
+    ``run`` is for work that writes; ``read`` for work that only reads and
+    must not wait behind writes (authorising a call). On SQLite, the one
+    writer thread runs ``run``; ``read`` has threads and connections of its
+    own (WAL readers see the last commit and never wait for the writer). On
+    PostgreSQL both share the pool.
+    """
 
     log = Logger()
 
@@ -89,13 +108,21 @@ class Database(Service):
         self.dialect = engine.dialect.name
         self._reactor = reactor
         if self.dialect == "sqlite":
-            threads = 1  # one writer; WAL readers would only queue behind it
+            threads = 1  # one writer
         self._pool: ThreadPool | None = None
+        self._read_pool: ThreadPool | None = None
+        self.read_engine: Engine | None = None
         if runner is None:
             if reactor is None:
                 raise ValueError("a Database needs a reactor or a runner")
             self._pool = ThreadPool(minthreads=1, maxthreads=threads, name="switchd-db")
             runner = self._in_pool
+            database = engine.url.database
+            if self.dialect == "sqlite" and database and database != ":memory:":
+                self.read_engine = make_engine(
+                    engine.url.render_as_string(hide_password=False), SQLITE_READERS, reader=True
+                )
+                self._read_pool = ThreadPool(minthreads=1, maxthreads=SQLITE_READERS, name="switchd-db-read")
         self._runner = runner
 
     def _in_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred:
@@ -104,23 +131,42 @@ class Database(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self._pool is not None:
-            self._pool.start()
+        for pool in (self._pool, self._read_pool):
+            if pool is not None:
+                pool.start()
 
     def stopService(self) -> Deferred | None:
         super().stopService()
+        engines = [e for e in (self.engine, self.read_engine) if e is not None]
         if self._pool is None:
-            self.engine.dispose()
+            for engine in engines:
+                engine.dispose()
             return None
-        pool, self._pool = self._pool, None
+        pools = [p for p in (self._pool, self._read_pool) if p is not None]
+        self._pool = self._read_pool = None
         # Joining the workers waits for in-flight transactions to finish;
         # do it off the reactor thread so other services can stop meanwhile.
 
         def finish() -> None:
-            pool.stop()
-            self.engine.dispose()
+            for pool in pools:
+                pool.stop()
+            for engine in engines:
+                engine.dispose()
 
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), finish)
+
+    def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred:
+        """Run ``fn(conn, *args, **kwargs)``, which only reads, in one transaction
+        that does not wait behind the writes (on SQLite; ``run`` elsewhere)."""
+        if self._read_pool is None or self.read_engine is None:
+            return self.run(fn, *args, **kwargs)
+        engine = self.read_engine
+
+        def work() -> T:
+            with engine.begin() as conn:
+                return fn(conn, *args, **kwargs)
+
+        return deferToThreadPool(self._reactor, self._read_pool, work)
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> Deferred:
         """Run ``fn(conn, *args, **kwargs)`` in one transaction, off the reactor."""

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 import pytest_twisted
+from twisted.internet.task import deferLater
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, insert, select
@@ -98,4 +99,41 @@ async def test_work_runs_in_the_pool_not_on_the_reactor(engine):
         # A failed transaction rolled back; the pool still works.
         assert await db.run(lambda conn: conn.execute(select(func.count()).select_from(m.customers)).scalar()) == 0
     finally:
+        await db.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_do_not_wait_behind_a_write(engine):
+    """``read`` sees the last commit while a write transaction is still running."""
+    from twisted.internet import reactor
+
+    db = Database(engine, reactor, threads=2)
+    db.startService()
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_write(conn):
+        conn.execute(insert(m.customers).values(name="late", status="active", created_at=NOW, updated_at=NOW))
+        inside.set()
+        assert release.wait(10)
+
+    def count(conn):
+        return conn.execute(select(func.count()).select_from(m.customers)).scalar()
+
+    try:
+        await db.run(lambda conn: conn.execute(
+            insert(m.customers).values(name="first", status="active", created_at=NOW, updated_at=NOW)))
+        writing = db.run(slow_write)
+        while not inside.is_set():
+            await deferLater(reactor, 0.005, lambda: None)
+        # The writer holds its transaction: the read gets the committed state now.
+        assert await db.read(count) == 1
+        release.set()
+        await writing
+        assert await db.read(count) == 2
+        if db.dialect == "sqlite":
+            with pytest.raises(Exception, match="readonly|read-only|attempt to write"):
+                await db.read(lambda conn: conn.execute(
+                    insert(m.customers).values(name="x", status="active", created_at=NOW, updated_at=NOW)))
+    finally:
+        release.set()
         await db.stopService()
