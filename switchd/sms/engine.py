@@ -11,7 +11,7 @@ here: SMSC ids, refusals, receipts, MO. State changes are events on the bus
 (:class:`MessageStateChanged`); receipts and MO for customers' ESMEs are
 stored in the outbox and pushed to their binds (:meth:`MessageEngine.attach`).
 
-Writes go through a :class:`~switchd.sms.store.GroupCommit`: whatever
+Writes go through a :class:`~switchd.store.groupcommit.GroupCommit`: whatever
 arrives while a transaction runs is committed together in the next, in
 order, so thousands of messages a second cost a few commits, and a
 receipt's lookup always sees the SMSC id stored for its part before it.
@@ -374,9 +374,6 @@ class MessageEngine(Service):
         self.receipt_wait_seconds = receipt_wait_seconds
         self.retry_seconds = retry_seconds
         self.rng = rng if rng is not None else secrets.SystemRandom()
-        self.batcher = store.GroupCommit(
-            db, max_batch=batch_size, max_pending=max_pending * 5, max_in_flight=max_in_flight
-        )
         self.max_pending = max_pending
         self._subscribers: dict[int, _Subscriber] = {}
         self._loops: list[LoopingCall] = []
@@ -392,6 +389,16 @@ class MessageEngine(Service):
         self._attempted_op = store.outbox_attempted
         self._cancel_op = self._cancel_many
         self._replace_op = self._replace_many
+        # New messages have a lane of their own, and so have the deliveries the
+        # customers acknowledged: on PostgreSQL their commits run beside those
+        # of SMSC ids and receipts (which stay in order in the default lane).
+        self.batcher = store.GroupCommit(
+            db,
+            max_batch=batch_size,
+            max_pending=max_pending * 5,
+            max_in_flight=max_in_flight,
+            lanes={self._store_op: "submit", self._done_op: "outbox", self._attempted_op: "outbox"},
+        )
 
     def _store_messages(self, conn: Any, items: list[store.NewMessage]) -> list[Any]:
         return store.store_messages(conn, items, self.node, self.window_seconds)
@@ -479,10 +486,8 @@ class MessageEngine(Service):
         database lags, ``ESME_RSYSERR``/503 when it cannot be written.
         """
         self._validate(submission)
-        if self.commands is not None and self.commands.consume(
-            submission.source, submission.destination,
-            message_text(submission.content, submission.data_coding, submission.esm_class),
-        ):
+        body = message_text(submission.content, submission.data_coding, submission.esm_class)
+        if self.commands is not None and self.commands.consume(submission.source, submission.destination, body):
             # A text to a callback access number is a command for switchd, not a message to send on.
             return Accepted(message_id=str(uuid.uuid4()), parts=1)
         now = self.now()
@@ -514,7 +519,7 @@ class MessageEngine(Service):
             client_reference=submission.client_reference,
             source=source[:MAX_SOURCE],
             destination=submission.destination,
-            body=message_text(submission.content, submission.data_coding, submission.esm_class),
+            body=body,
             data_coding=submission.data_coding,
             esm_class=submission.esm_class,
             registered_delivery=submission.registered_delivery,
@@ -688,25 +693,36 @@ class MessageEngine(Service):
         ``receipt_wait_seconds`` (an SMSC may send it before the
         submit_sm_resp is stored), then acknowledged and dropped as not ours.
         """
-        return Deferred.fromCoroutine(self._receipt(link_id, receipt))
+        return self._match_receipt(link_id, receipt, 0.0)
 
-    async def _receipt(self, link_id: int, receipt: dlr.UpstreamReceipt) -> int:
-        waited = 0.0
-        while True:
-            result = await self.batcher.submit(self._receipt_op, store.ReceiptItem(link_id, receipt, self.now()))
-            if result.matched:
-                self._publish(result.outcome)
-                return pdu.ESME_ROK
-            if waited >= self.receipt_wait_seconds:
-                self.log.info(
-                    "link {link}: receipt for unknown message {id} ({state}) dropped",
-                    link=link_id,
-                    id=receipt.message_id,
-                    state=receipt.state,
-                )
-                return pdu.ESME_ROK
-            await deferLater(self.clock, self.retry_seconds, lambda: None)
-            waited += self.retry_seconds
+    # Callbacks, not a coroutine: this runs for every receipt, and a coroutine
+    # driven through a Deferred costs several times a plain callback.
+
+    def _match_receipt(self, link_id: int, receipt: dlr.UpstreamReceipt, waited: float) -> Deferred:
+        try:
+            d = self.batcher.submit(self._receipt_op, store.ReceiptItem(link_id, receipt, self.now()))
+        except store.Overloaded as error:
+            return fail(error)
+        d.addCallback(self._receipt_stored, link_id, receipt, waited)
+        return d
+
+    def _receipt_stored(
+        self, result: store.ReceiptResult, link_id: int, receipt: dlr.UpstreamReceipt, waited: float
+    ) -> int | Deferred:
+        if result.matched:
+            self._publish(result.outcome)
+            return pdu.ESME_ROK
+        if waited >= self.receipt_wait_seconds:
+            self.log.info(
+                "link {link}: receipt for unknown message {id} ({state}) dropped",
+                link=link_id,
+                id=receipt.message_id,
+                state=receipt.state,
+            )
+            return pdu.ESME_ROK
+        return deferLater(
+            self.clock, self.retry_seconds, self._match_receipt, link_id, receipt, waited + self.retry_seconds
+        )
 
     def message_received(self, link_id: int, message: dlr.UpstreamMessage) -> Deferred:
         """Store an MO for the customer owning its destination; fires with the status to answer.
@@ -756,6 +772,22 @@ class MessageEngine(Service):
                 )
             )
         return pdu.ESME_ROK
+
+    def apply_outcome(self, op: Callable[[Any, list[Any]], list[store.Outcome]], item: Any) -> Deferred:
+        """Commit ``op`` for ``item`` with the engine's other writes, then publish
+        the :class:`~switchd.sms.store.Outcome` it gives (events, receipts for
+        customers); fires with it. For changes made outside the engine, such as
+        statuses a customer's system reported (``switchd.sms.survey``)."""
+        try:
+            d = self.batcher.submit(op, item)
+        except store.Overloaded as error:
+            return fail(error)
+
+        def published(outcome: store.Outcome) -> store.Outcome:
+            self._publish(outcome)
+            return outcome
+
+        return d.addCallback(published)
 
     def _durably(self, op: Callable[..., list[Any]], item: Any, attempt: int = 0) -> Deferred:
         """Commit ``item``, trying again with backoff while the database fails: an
