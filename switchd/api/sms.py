@@ -258,7 +258,7 @@ class SmsRoutes:
 
     def mount(self) -> None:
         route, handler = self.api.app.route, self.api._handler
-        route("/v1/sms", methods=["POST"], endpoint="sendSms")(handler("/v1/sms", self.send))
+        route("/v1/sms", methods=["POST"], endpoint="sendSms")(handler("/v1/sms", self.send, settings=False))
         route("/v1/sms/<string:id>", methods=["GET"], endpoint="getSms")(handler("/v1/sms/{id}", self.get))
 
     # -- who is sending ---------------------------------------------------------------------
