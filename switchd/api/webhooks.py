@@ -52,7 +52,11 @@ A 2xx answer is success.  Anything else (another status, no answer within
 the timeout, a refused connection) is retried with exponential backoff on
 the injected clock (1, 2, 4 ... seconds, at most ``backoff_cap``, at most
 ``max_attempts`` tries) when CallbackRepeat is on, else dropped after the
-one try.  Callbacks never hold anything up: the bus handler only queues; at
+one try.  The callbacks of one message go out in the order of its events, one at a
+time: its end callback waits until its start callback is answered or given
+up (retries included), so a receiver never hears the end first.  Callbacks
+of different messages run side by side and may arrive in any order.
+Callbacks never hold anything up: the bus handler only queues; at
 most ``max_in_flight`` requests run at once and at most ``max_queue`` wait
 (beyond that the oldest waiting ones are dropped and counted).  Pending
 callbacks live in memory: a restart loses the ones not yet delivered.
@@ -78,6 +82,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived
 
 from ..smpp import dlr
 from ..sms.engine import MessageReceived, MessageStateChanged
@@ -155,6 +161,18 @@ class Callback:
     @property
     def id(self) -> str:
         return event_id(self.event.message_id, "MO" if self.kind == "mo" else self.event.state)
+
+
+class _Slot:
+    """A place in a message's line of callbacks, taken when its event arrives
+    (before its settings are read, so that a slow read keeps its turn)."""
+
+    __slots__ = ("callback", "ready", "started")
+
+    def __init__(self) -> None:
+        self.callback: Callback | None = None  # None once ready: nothing to send
+        self.ready = False
+        self.started = False
 
 
 def _iso(seconds: float) -> str:
@@ -238,34 +256,54 @@ class HttpRequest:
     body: bytes | None
 
 
-def build_request(callback: Callback, now: float) -> HttpRequest:
-    """The request of one attempt: method, URL (with query for GET), headers, body."""
-    settings = callback.settings
-    fields = payload(callback)
-    headers = dict(settings.headers)
-    assert settings.url is not None
-    if settings.method == "GET":
-        query = urllib.parse.urlencode(_flat(fields))
-        parts = urllib.parse.urlsplit(settings.url)
+def signed_request(
+    *,
+    method: str,
+    url: str,
+    version: str,
+    headers: dict[str, str],
+    password: str | None,
+    event_id: str,
+    fields: dict[str, Any],
+    now: float,
+    pairs: Callable[[dict[str, Any]], list[tuple[str, str]]],
+) -> HttpRequest:
+    """A request to a customer's system as its connection says: the fields in the
+    query (GET) or the body (POST: a form for V1, JSON otherwise, ``pairs``
+    flattening them for a query or a form), the Standard Webhooks ``webhook-id``
+    and ``webhook-timestamp`` headers, and with a password ``webhook-signature``
+    over what was sent. Status callbacks and status surveys both use it."""
+    headers = dict(headers)
+    if method == "GET":
+        query = urllib.parse.urlencode(pairs(fields))
+        parts = urllib.parse.urlsplit(url)
         joined = f"{parts.query}&{query}" if parts.query else query
         url = urllib.parse.urlunsplit(parts._replace(query=joined))
         body = None
         signed = query.encode("ascii")
     else:
-        url = settings.url
-        if settings.version == "V1":
-            body = urllib.parse.urlencode(_flat(fields)).encode("ascii")
+        if version == "V1":
+            body = urllib.parse.urlencode(pairs(fields)).encode("ascii")
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         else:
             body = json.dumps(fields, separators=(",", ":")).encode("utf-8")
             headers["Content-Type"] = "application/json"
         signed = body
     timestamp = int(now)
-    headers["webhook-id"] = callback.id
+    headers["webhook-id"] = event_id
     headers["webhook-timestamp"] = str(timestamp)
-    if settings.password:
-        headers["webhook-signature"] = sign(settings.password, callback.id, timestamp, signed)
-    return HttpRequest(settings.method, url, headers, body)
+    if password:
+        headers["webhook-signature"] = sign(password, event_id, timestamp, signed)
+    return HttpRequest(method, url, headers, body)
+
+
+def build_request(callback: Callback, now: float) -> HttpRequest:
+    """The request of one attempt: method, URL (with query for GET), headers, body."""
+    settings = callback.settings
+    assert settings.url is not None
+    return signed_request(method=settings.method, url=settings.url, version=settings.version,
+                          headers=settings.headers, password=settings.password, event_id=callback.id,
+                          fields=payload(callback), now=now, pairs=_flat)
 
 
 class CallbackFailed(Exception):
@@ -305,6 +343,7 @@ class StatusCallbacks(Service):
         self.max_queue = max_queue
         self.settings_seconds = settings_seconds
         self._queue: deque[Callback] = deque()
+        self._lines: dict[str, deque[_Slot]] = {}  # per message: its callbacks in event order
         self._in_flight = 0
         self._retries: dict[int, IDelayedCall] = {}
         self._retry_ids = 0
@@ -336,6 +375,7 @@ class StatusCallbacks(Service):
                 call.cancel()
         self._retries.clear()
         self._queue.clear()
+        self._lines.clear()
 
     # -- events -----------------------------------------------------------------------
 
@@ -351,9 +391,14 @@ class StatusCallbacks(Service):
             self._prepare("mo", event)
 
     def _prepare(self, kind: str, event: Any) -> None:
+        slot = _Slot()
+        line = self._lines.get(event.message_id)
+        if line is None:
+            line = self._lines[event.message_id] = deque()
+        line.append(slot)
         d = ensureDeferred(self._settings_of(event.connection_id))
-        d.addCallback(self._queued, kind, event)
-        d.addErrback(lambda f: self.log.failure("status callback for {id} not queued", f, id=event.message_id))
+        d.addCallback(self._prepared, slot, kind, event)
+        d.addErrback(self._not_prepared, slot, event)
 
     async def _settings_of(self, connection_id: int) -> HttpSettings | None:
         now = self.clock.seconds()
@@ -366,14 +411,45 @@ class StatusCallbacks(Service):
         self._settings[connection_id] = (now + self.settings_seconds, settings)
         return settings
 
-    def _queued(self, settings: HttpSettings | None, kind: str, event: Any) -> None:
-        if settings is None or not settings.wants(kind) or not self.running:
+    def _prepared(self, settings: HttpSettings | None, slot: _Slot, kind: str, event: Any) -> None:
+        if settings is not None and settings.wants(kind) and self.running:
+            slot.callback = Callback(settings, kind, event)
+        slot.ready = True
+        self._advance(event.message_id)
+
+    def _not_prepared(self, failure: Failure, slot: _Slot, event: Any) -> None:
+        self.log.failure("status callback for {id} not queued", failure, id=event.message_id)
+        slot.ready = True
+        self._advance(event.message_id)
+
+    def _advance(self, message_id: str) -> None:
+        """Start the first callback of a message's line, unless one is under way."""
+        line = self._lines.get(message_id)
+        if line is None:
             return
-        self._enqueue(Callback(settings, kind, event))
+        while line and line[0].ready:
+            head = line[0]
+            if head.started:
+                return
+            if head.callback is None:
+                line.popleft()
+                continue
+            head.started = True
+            self._enqueue(head.callback)
+            return
+        if not line:
+            del self._lines[message_id]
+
+    def _done(self, callback: Callback) -> None:
+        """``callback`` is answered or given up: its message's next one may go."""
+        line = self._lines.get(callback.event.message_id)
+        if line and line[0].callback is callback:
+            line.popleft()
+            self._advance(callback.event.message_id)
 
     def _enqueue(self, callback: Callback) -> None:
         if len(self._queue) >= self.max_queue:
-            self._queue.popleft()
+            self._done(self._queue.popleft())
             self.sent.labels("dropped").inc()
             if not self._dropping:
                 self._dropping = True
@@ -418,6 +494,7 @@ class StatusCallbacks(Service):
         self._in_flight -= 1
         if result is None:
             self.sent.labels("delivered").inc()
+            self._done(callback)
         else:
             self._failed(result, callback)
         self._pump()
@@ -433,6 +510,7 @@ class StatusCallbacks(Service):
             self._retries[token] = self.clock.callLater(delay, self._retry, token, callback)
             return
         self.sent.labels("failed").inc()
+        self._done(callback)
         self.log.info(
             "status callback {event} for message {id} to connection {connection} failed after {attempts} "
             "attempt(s): {reason}",
@@ -446,16 +524,45 @@ class StatusCallbacks(Service):
 
     @property
     def pending(self) -> int:
-        """Callbacks queued, sending or waiting for a retry."""
-        return len(self._queue) + self._in_flight + len(self._retries)
+        """Callbacks queued, sending, waiting for a retry or for their message's earlier one."""
+        waiting = sum(1 for line in self._lines.values() for slot in line if not slot.started)
+        return len(self._queue) + self._in_flight + len(self._retries) + waiting
+
+
+#: Failures of a request that got no answer because its connection broke
+#: (typically a pooled connection the server had already closed).
+BROKEN_CONNECTION = (ResponseNeverReceived, RequestTransmissionFailed, RequestNotSent)
+
+
+class FreshConnectionRetry:
+    """A treq-like client that sends a request once more, at once, when its
+    connection broke before any answer.
+
+    Twisted keeps a connection in the pool after an HTTP/1.0 answer without
+    ``Connection: close``, and any server may close an idle keep-alive
+    connection just as a request goes out on it; neither is the receiver
+    failing. Only non-idempotent methods need this (Twisted retries GET
+    itself), and webhooks carry an id for the receiver to drop a duplicate.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        d = self.client.request(method, url, **kwargs)
+
+        def again(failure: Failure) -> Any:
+            failure.trap(*BROKEN_CONNECTION)
+            return self.client.request(method, url, **kwargs)
+
+        return d.addErrback(again)
 
 
 def default_http_client(reactor: Any) -> Any:
-    """treq over a persistent connection pool of ``reactor``."""
+    """treq over a persistent connection pool of ``reactor``, retried once on a broken connection."""
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 4
-    return HTTPClient(Agent(reactor, pool=pool))
-
+    return FreshConnectionRetry(HTTPClient(Agent(reactor, pool=pool)))

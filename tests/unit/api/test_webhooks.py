@@ -12,7 +12,7 @@ import json
 import urllib.parse
 
 from sqlalchemy import insert
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from switchd.api.auth import new_secret_hash
@@ -96,6 +96,8 @@ def test_v2_post_json_with_basic_auth_headers_and_signature():
     world.bus.publish(changed("ENROUTE"))
     world.bus.publish(changed("DELIVERED"))
     world.bus.publish(changed("DELIVERED", kind="smpp"))  # not an HTTP message: no callback
+    assert len(world.http.requests) == 1  # the end waits for the start's answer
+    world.http.answer(0)
     start, end = world.http.requests
     assert start["method"] == "POST" and start["url"] == "https://crm.example/cb"
     assert start["auth"] == ("u", "pw") and start["allow_redirects"] is False
@@ -270,3 +272,99 @@ def test_mo_for_http_customers_goes_to_the_callback_url():
     world = World(url=None)
     world.bus.publish(mo())
     assert world.http.requests == []
+
+
+class BreakingClient:
+    """Fails the first ``breaks`` requests with ``error``, then answers 200."""
+
+    def __init__(self, breaks: int, error: Exception) -> None:
+        self.breaks = breaks
+        self.error = error
+        self.calls: list[tuple] = []
+
+    def request(self, method, url, **kwargs) -> Deferred:
+        self.calls.append((method, url, kwargs))
+        if len(self.calls) <= self.breaks:
+            return fail(self.error)
+        return succeed(Response(200))
+
+
+def test_a_broken_pooled_connection_is_tried_once_more_at_once():
+    from twisted.web.client import ResponseNeverReceived
+
+    from switchd.api.webhooks import FreshConnectionRetry
+
+    inner = BreakingClient(1, ResponseNeverReceived([]))
+    results = []
+    FreshConnectionRetry(inner).request("POST", "http://h/x", data=b"1").addCallback(results.append)
+    assert [r.code for r in results] == [200]
+    assert inner.calls == [("POST", "http://h/x", {"data": b"1"})] * 2
+
+
+def test_only_once_and_only_for_a_broken_connection():
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.web.client import RequestTransmissionFailed
+
+    from switchd.api.webhooks import FreshConnectionRetry
+
+    errors = []
+    twice = BreakingClient(2, RequestTransmissionFailed([]))
+    FreshConnectionRetry(twice).request("POST", "http://h/x").addErrback(errors.append)
+    assert len(twice.calls) == 2 and errors[0].check(RequestTransmissionFailed)
+    refused = BreakingClient(1, ConnectionRefusedError())
+    FreshConnectionRetry(refused).request("POST", "http://h/x").addErrback(errors.append)
+    assert len(refused.calls) == 1 and errors[1].check(ConnectionRefusedError)
+
+
+class SlowDb(FakeDb):
+    """Settings reads that finish when the test says, in any order."""
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.reads: list[Deferred] = []
+
+    def run(self, fn, connection_id):
+        assert fn is load_settings
+        d: Deferred = Deferred()
+        self.reads.append((d, self.settings.get(connection_id)))
+        return d
+
+
+def test_one_message_in_order_across_slow_settings_and_retries():
+    world = World(repeat=True)
+    world.callbacks.db = slow = SlowDb({5: settings(repeat=True)})
+    world.callbacks.settings_seconds = 0  # every event reads its settings
+    world.bus.publish(changed("ENROUTE"))
+    world.bus.publish(changed("DELIVERED"))
+    world.bus.publish(changed("DELIVERED", message_id="other"))
+    (first, s1), (second, s2), (third, s3) = slow.reads
+    second.callback(s2)  # the end's settings come first: it still waits
+    third.callback(s3)  # another message does not wait
+    assert [json.loads(r["data"])["message_id"] for r in world.http.requests] == ["other"]
+    first.callback(s1)
+    assert [json.loads(r["data"])["type"] for r in world.http.requests] == ["end", "start"]
+    world.http.answer(1, 500)  # the start fails: its retry comes before the end
+    world.clock.advance(1)
+    assert len(world.http.requests) == 3 and world.callbacks.pending == 3  # other, start again, end waiting
+    world.http.answer(2, 200)
+    end = world.http.requests[3]
+    assert json.loads(end["data"])["type"] == "end" and json.loads(end["data"])["message_id"] == "m0001"
+    world.http.answer(3)
+    world.http.answer(0)
+    assert world.callbacks.pending == 0 and world.callbacks._lines == {}
+
+
+def test_a_start_given_up_or_not_wanted_lets_the_end_go():
+    world = World()  # no repeat: one try
+    world.bus.publish(changed("ENROUTE"))
+    world.bus.publish(changed("DELIVERED"))
+    world.http.answer(0, 500)
+    assert json.loads(world.http.requests[1]["data"])["type"] == "end"
+    world.http.answer(1)
+    quiet = World(start=False)
+    quiet.bus.publish(changed("ENROUTE"))
+    quiet.bus.publish(changed("DELIVERED"))
+    [end] = quiet.http.requests
+    assert json.loads(end["data"])["type"] == "end"
+    quiet.http.answer(0)
+    assert world.callbacks._lines == {} and quiet.callbacks._lines == {}
