@@ -104,6 +104,9 @@ class ProvisioningAPI:
         self.page_size = page_size
         self.max_body_bytes = max_body_bytes
         self.keys = KeyCache(clock.seconds, auth_cache_seconds)
+        #: Called after each successful write of settings through the API
+        #: (``billing.authcache.AuthorizationCache.clear``).
+        self.on_write: list[Callable[[], None]] = []
         self.metrics = ApiMetrics(registry)
         self.openapi_yaml = openapi_yaml()
         self.app = Klein()
@@ -121,8 +124,13 @@ class ProvisioningAPI:
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
 
-    def _handler(self, route: str, fn: Callable[..., Any], *, auth: bool = True):
-        """Wrap an async handler: auth, problems, metrics, JSON rendering."""
+    def _handler(self, route: str, fn: Callable[..., Any], *, auth: bool = True, settings: bool = True):
+        """Wrap an async handler: auth, problems, metrics, JSON rendering.
+
+        ``settings``: a successful write through this route may change what
+        calls are decided on (accounts, services, rates...): ``on_write`` hooks
+        run after it. Routes that send (SMS, callbacks) pass False.
+        """
 
         async def handle(request: IRequest, **kwargs: Any) -> bytes:
             started = time.perf_counter()
@@ -131,6 +139,9 @@ class ProvisioningAPI:
                     kwargs["principal"] = await self._authenticate(request)
                 status, body = await fn(request, **kwargs)
                 request.setResponseCode(status)
+                if settings and status < 400 and request.method not in (b"GET", b"HEAD"):
+                    for hook in self.on_write:
+                        hook()
                 if body is None:
                     result = b""
                 elif isinstance(body, bytes):

@@ -97,7 +97,7 @@ class CallbacksAPI:
         app.route("/v1/callbacks/sms", methods=["POST"], endpoint="smsCallback")(
             handler("/v1/callbacks/sms", self.sms_command))
         app.route("/v1/callbacks", methods=["POST"], endpoint="createCallback")(
-            handler("/v1/callbacks", self.create))
+            handler("/v1/callbacks", self.create, settings=False))
         # Callback ids are hex, so /v1/callbacks/support is never taken for one.
         app.url_map.converters.setdefault("hexid", HexId)
         app.route("/v1/callbacks/<hexid:id>", methods=["GET"], endpoint="getCallback")(
@@ -105,7 +105,7 @@ class CallbacksAPI:
         app.route("/v1/callbacks/<hexid:id>/events", methods=["GET"], endpoint="callbackEvents")(
             handler("/v1/callbacks/{id}/events", self.events))
         app.route("/v1/callbacks/<hexid:id>", methods=["DELETE"], endpoint="dropCallback")(
-            handler("/v1/callbacks/{id}", self.drop))
+            handler("/v1/callbacks/{id}", self.drop, settings=False))
 
     # -- support -------------------------------------------------------------------
 

@@ -62,6 +62,8 @@ URL_PATTERN = r"^https?://[A-Za-z0-9._~%!$&'()*+,;=-]+(:[0-9]{1,5})?([/?#][^\s\u
 POSITIVE_MONEY = r"^(?=[0-9.]*[1-9])[0-9]{1,12}(\.[0-9]{1,6})?$"
 CURRENCY = dict(pattern="^[A-Z]{3}$", min_length=3)
 HOST = dict(pattern=r"^[A-Za-z0-9.:\[\]_-]{1,253}$")
+#: Languages of the callback IVR's prompts.
+LANGUAGES = ("en", "es", "fr", "vi", "zh")
 PREFIXES = dict(pattern=r"^[0-9A-Za-z]*(;[0-9A-Za-z]+)*$")
 
 
@@ -656,6 +658,9 @@ NUMBERS = Resource(
         opt_text("redirect_unregistered", 32, "Send the call here when no device is registered.", **NUMBER),
         integer("no_answer_seconds", "How long devices ring before the call counts as unanswered.", 20,
                 minimum=1, maximum=600),
+        choice("language", LANGUAGES,
+               "Callback access numbers: the IVR's language for clients without one of their own "
+               "(null: English).", None, nullable=True),
         _created(),
         _updated(),
     ),
@@ -689,7 +694,8 @@ CALLBACK_CLIENTS = Resource(
             min_length=1,
             max_length=64,
         ),
-        choice("language", ("en", "es", "fr", "vi", "zh"), "Language of the IVR and SMS replies.", "en"),
+        choice("language", LANGUAGES,
+               "Language of the callback IVR (null: the access number's, else English).", None, nullable=True),
         choice("status", ("active", "blocked"), "A blocked client is refused.", "active"),
         _created(),
         _updated(),

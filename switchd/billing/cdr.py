@@ -229,6 +229,18 @@ def finish_call(conn: Connection, record: CallRecord, now: datetime.datetime | N
     return cdr_id
 
 
+def record_answers(conn: Connection, items: list[tuple[CallRecord, datetime.datetime]]) -> list[None]:
+    """``record_answer`` for many calls in one transaction (a group commit's operation)."""
+    for record, now in items:
+        record_answer(conn, record, now)
+    return [None] * len(items)
+
+
+def finish_calls(conn: Connection, records: list[CallRecord]) -> list[int]:
+    """``finish_call`` for many calls in one transaction (a group commit's operation)."""
+    return [finish_call(conn, record) for record in records]
+
+
 def heartbeat(conn: Connection, node: str, now: datetime.datetime) -> None:
     """Record that ``node`` is alive at ``now`` (``started_at`` on first insert)."""
     conn.execute(

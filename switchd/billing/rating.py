@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Connection
@@ -185,6 +186,51 @@ def find_rate(conn: Connection, tariff_plan_id: int, number: str) -> Rate | None
     return None if row is None else _rate(row)
 
 
+_PLAN_FINGERPRINT = (
+    select(func.count(rates.c.id), func.max(rates.c.updated_at), tariff_plans.c.updated_at)
+    .select_from(tariff_plans.outerjoin(rates, rates.c.tariff_plan_id == tariff_plans.c.id))
+    .where(tariff_plans.c.id == bindparam("plan"))
+    .group_by(tariff_plans.c.id, tariff_plans.c.updated_at)
+)
+_PLAN_RATES = (
+    select(*_FIND_RATE.selected_columns)
+    .select_from(rates.join(tariff_plans, tariff_plans.c.id == rates.c.tariff_plan_id))
+    .where(rates.c.tariff_plan_id == bindparam("plan"))
+)
+
+
+@dataclass(frozen=True)
+class PlanRates:
+    """A whole tariff plan in memory (``by_prefix`` is None when it has more
+    rates than were asked for); ``fingerprint`` tells whether it changed."""
+
+    fingerprint: tuple
+    by_prefix: dict[str, Rate] | None
+
+    def find(self, number: str) -> Rate | None:
+        """``find_rate`` from memory: the longest prefix of the number's digits."""
+        assert self.by_prefix is not None
+        digits = number_digits(number)[:MAX_PREFIX_DIGITS]
+        for n in range(len(digits), -1, -1):
+            rate = self.by_prefix.get(digits[:n])
+            if rate is not None:
+                return rate
+        return None
+
+
+def load_plan(conn: Connection, tariff_plan_id: int, limit: int, previous: PlanRates | None = None) -> PlanRates:
+    """The plan's rates by prefix, if it has at most ``limit``; ``previous``
+    itself when the plan has not changed since it was read (its number of rates
+    and its rates' and its own last change are the same)."""
+    row = conn.execute(_PLAN_FINGERPRINT, {"plan": tariff_plan_id}).first()
+    fingerprint = tuple(row) if row is not None else (0, None, None)
+    if previous is not None and previous.fingerprint == fingerprint:
+        return previous
+    if row is None or fingerprint[0] > limit:
+        return PlanRates(fingerprint, None)
+    return PlanRates(fingerprint, {r.prefix: _rate(r) for r in conn.execute(_PLAN_RATES, {"plan": tariff_plan_id})})
+
+
 def find_rates(conn: Connection, tariff_plan_id: int, numbers: Iterable[str]) -> dict[str, Rate | None]:
     """``find_rate`` for many numbers with a query per few hundred distinct prefixes.
 
@@ -264,6 +310,12 @@ def max_duration(rate: Rate, available: Decimal) -> int | None:
     return first + k * step
 
 
+def service_terms(conn: Connection, service_id: int) -> Any:
+    """The row ``authorize_call`` decides on: the service, its account (balance,
+    limits, currency) and customer, with their states; None for no service."""
+    return conn.execute(_AUTHORIZE, {"service_id": service_id}).first()
+
+
 def authorize_call(
     conn: Connection, service_id: int, callee: str, now: datetime.datetime
 ) -> Authorization:
@@ -276,51 +328,62 @@ def authorize_call(
     number has no digits, 404 when the plan has no rate for it, 402 when a
     prepaid account cannot pay the connection fee and the first increment.
     ``now`` is the moment of the call, named in the (debug) log of refusals.
+    ``billing.authcache`` makes the same decision from memory.
     """
-    row = conn.execute(_AUTHORIZE, {"service_id": service_id}).first()
+    terms = service_terms(conn, service_id)
+    check_terms(terms, service_id, callee, now)
+    return decide(terms, find_rate(conn, terms.tariff_plan_id, callee), service_id, callee, now)
 
-    def refuse(sip_status: int, reason: str) -> Refusal:
-        log.debug(
-            "call from service {service_id} to {callee} refused at {now}: {status} {reason}",
-            service_id=service_id,
-            callee=callee,
-            now=now.isoformat(),
-            status=sip_status,
-            reason=reason,
-        )
-        return Refusal(sip_status, reason)
 
-    if row is None:
-        raise refuse(403, "unknown service")
-    if row.service_status != "active":
-        raise refuse(403, f"service {row.service_status}")
-    if row.account_status != "active":
-        raise refuse(403, f"account {row.account_status}")
-    if row.customer_status != "active":
-        raise refuse(403, f"customer {row.customer_status}")
+def _refusal(service_id: int, callee: str, now: datetime.datetime, sip_status: int, reason: str) -> Refusal:
+    log.debug(
+        "call from service {service_id} to {callee} refused at {now}: {status} {reason}",
+        service_id=service_id,
+        callee=callee,
+        now=now.isoformat(),
+        status=sip_status,
+        reason=reason,
+    )
+    return Refusal(sip_status, reason)
+
+
+def check_terms(terms: Any, service_id: int, callee: str, now: datetime.datetime) -> None:
+    """What is refused before a rate is looked up: no service, a state that is not
+    active, a number without digits (``Refusal``)."""
+    if terms is None:
+        raise _refusal(service_id, callee, now, 403, "unknown service")
+    if terms.service_status != "active":
+        raise _refusal(service_id, callee, now, 403, f"service {terms.service_status}")
+    if terms.account_status != "active":
+        raise _refusal(service_id, callee, now, 403, f"account {terms.account_status}")
+    if terms.customer_status != "active":
+        raise _refusal(service_id, callee, now, 403, f"customer {terms.customer_status}")
     if not number_digits(callee):
-        raise refuse(484, "no digits in the called number")
-    rate = find_rate(conn, row.tariff_plan_id, callee)
+        raise _refusal(service_id, callee, now, 484, "no digits in the called number")
+
+
+def decide(terms: Any, rate: Rate | None, service_id: int, callee: str, now: datetime.datetime) -> Authorization:
+    """The authorisation for checked ``terms`` and the rate found for ``callee``."""
     if rate is None:
-        raise refuse(404, "no rate for the destination")
-    if rate.currency != row.currency:
-        raise refuse(403, f"tariff plan in {rate.currency}, account in {row.currency}")
+        raise _refusal(service_id, callee, now, 404, "no rate for the destination")
+    if rate.currency != terms.currency:
+        raise _refusal(service_id, callee, now, 403, f"tariff plan in {rate.currency}, account in {terms.currency}")
     max_seconds: int | None = None
-    if row.billing_type != "postpaid":
-        available = row.balance + row.credit_limit
+    if terms.billing_type != "postpaid":
+        available = terms.balance + terms.credit_limit
         first, _ = _increments(rate)
         if charge(rate, first) > available:
-            raise refuse(402, "insufficient funds")
+            raise _refusal(service_id, callee, now, 402, "insufficient funds")
         max_seconds = max_duration(rate, available)
     return Authorization(
-        account_id=row.account_id,
+        account_id=terms.account_id,
         service_id=service_id,
-        billing_type=row.billing_type,
-        currency=row.currency,
+        billing_type=terms.billing_type,
+        currency=terms.currency,
         rate=rate,
         max_seconds=max_seconds,
-        call_limit=row.call_limit,
-        cps_limit=row.cps_limit,
+        call_limit=terms.call_limit,
+        cps_limit=terms.cps_limit,
     )
 
 

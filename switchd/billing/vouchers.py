@@ -562,5 +562,4 @@ class RedeemGuard:
 
     def _give_back(self, keys: Iterable[Hashable]) -> None:
         for key in keys:
-            # A negative cost adds the token back (the bucket caps it at its burst on the next refill).
-            self.limiter.allow(self.FAILURES, key, cost=-1.0)
+            self.limiter.give_back(self.FAILURES, key)

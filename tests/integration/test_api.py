@@ -418,3 +418,16 @@ def test_headers_that_are_not_utf8_are_rejected_cleanly(client, admin):
     answer = client.call("POST", "/v1/customers", {"name": "x"}, key=admin,
                          headers={"Idempotency-Key": "caf\u00e9"})
     assert answer.status == 422
+
+
+def test_successful_writes_of_settings_run_the_on_write_hooks(api, client, admin, world):
+    """The authorisation cache is cleared this way: a top-up or a new rate counts at once."""
+    writes = []
+    api.on_write.append(lambda: writes.append(1))
+    customer, account, _ = world.customer("Hooked")
+    assert len(writes) == 3  # customer, account, API key
+    client.call("GET", f"/v1/accounts/{account['id']}", key=admin)
+    assert client.call("POST", "/v1/customers", {"nam": "x"}, key=admin).status == 422
+    assert len(writes) == 3  # reads and refused writes change nothing
+    world.post(f"/v1/accounts/{account['id']}/transactions", {"kind": "topup", "amount": "5"})
+    assert len(writes) == 4

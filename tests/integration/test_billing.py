@@ -130,6 +130,31 @@ def test_the_longest_prefix_of_the_plan_wins(database):
     assert german.prefix == "49"
 
 
+def test_a_plan_held_in_memory_rates_as_find_rate_and_knows_when_it_changed(database):
+    numbers = ("+44 20 7946 0000", "+4430", "4", "155501", "", "+", "1" * 40)
+
+    def work(conn):
+        plan = _plan(conn, "retail", {"": ("0.50", "0", 60, 60), "4": ("0.40", "0", 60, 60),
+                                      "44": ("0.10", "0", 1, 1), "4420": ("0.05", "0.01", 30, 6)})
+        held = rating.load_plan(conn, plan, 10)
+        expected = {number: rating.find_rate(conn, plan, number) for number in numbers}
+        same = rating.load_plan(conn, plan, 10, held)
+        too_big = rating.load_plan(conn, plan, 3)
+        conn.execute(update(m.rates).where(m.rates.c.tariff_plan_id == plan, m.rates.c.prefix == "44")
+                     .values(price_per_minute=Decimal("0.11"), updated_at=NOW + datetime.timedelta(seconds=1)))
+        changed = rating.load_plan(conn, plan, 10, held)
+        empty = _plan(conn, "empty", {})
+        return held, expected, same, too_big, changed, rating.load_plan(conn, empty, 10), rating.load_plan(conn, 10**6, 10)
+
+    held, expected, same, too_big, changed, empty, missing = database.run_blocking(work)
+    assert {number: held.find(number) for number in numbers} == expected
+    assert same is held  # unchanged: the one held is kept
+    assert too_big.by_prefix is None and too_big.fingerprint == held.fingerprint
+    assert changed is not held and changed.find("4430").price_per_minute == Decimal("0.11")
+    assert empty.by_prefix == {} and empty.find("44") is None
+    assert missing.by_prefix is None
+
+
 def test_a_very_long_number_still_finds_its_rate(database):
     def work(conn):
         plan = _plan(conn, "p", {"1" * 32: ("1", "0", 1, 1), "1": ("2", "0", 1, 1)})
