@@ -32,10 +32,11 @@ from __future__ import annotations
 import abc
 import ipaddress
 import re
-import secrets
 from collections.abc import Callable, Collection, Iterable
 from typing import NamedTuple, TypeVar
 from urllib.parse import unquote
+
+from ..core import ids
 
 __all__ = [
     "Address",
@@ -1645,13 +1646,13 @@ class StreamParser:
 
 
 def new_tag() -> str:
-    """A fresh From/To tag (RFC 3261 §19.3) from ``secrets``."""
-    return secrets.token_hex(8)
+    """A fresh From/To tag (RFC 3261 §19.3): 64 unpredictable bits (``core.ids``)."""
+    return ids.token_hex(8)
 
 
 def new_branch() -> str:
     """A fresh RFC 3261 Via branch: the magic cookie plus 96 random bits."""
-    return MAGIC_COOKIE + secrets.token_hex(12)
+    return MAGIC_COOKIE + ids.token_hex(12)
 
 
 def make_response(

@@ -14,13 +14,13 @@ answer and a CDR at the end, rated at its own destination's rate.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any, Awaitable, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ..core import ids
 from ..core.calls import Call, CallRegistry
 from ..media.dtmf import DtmfError, parse_sip_info
 from ..media.sdp import SdpError
@@ -124,7 +124,7 @@ class OutboundLeg:
         request.add("Max-Forwards", "70")
         request.add("From", Address(URI("sip", local_host, self.caller_id or "anonymous")).with_tag(new_tag()))
         request.add("To", Address(URI("sip", destination.host, candidate.number)))
-        request.add("Call-ID", secrets.token_hex(16))
+        request.add("Call-ID", ids.token_hex(16))
         request.add("CSeq", "1 INVITE")
         request.add("Contact", Address(URI("sip", local_host, "switchd", None, local_port, params)))
         request.add("User-Agent", o.user_agent)

@@ -21,7 +21,6 @@ status document in the API.
 from __future__ import annotations
 
 import ipaddress
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,6 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..core import ids
 from ..core.events import EventBus, TrunkReachabilityChanged, TrunkRegistrationChanged
 from ..store.models import sip_connections, trunks
 from .media import MediaPolicy
@@ -139,7 +139,7 @@ class Registration:
         self.detail = ""
         self.since = manager.clock.seconds()
         self.expires_at: float | None = None
-        self.call_id = secrets.token_hex(12)
+        self.call_id = ids.token_hex(12)
         self.tag = new_tag()
         self.cseq = 0
         self.failures = 0
@@ -438,7 +438,7 @@ class TrunkManager:
         request.add("Max-Forwards", "70")
         request.add("From", Address(local, None, ()).with_tag(new_tag()))
         request.add("To", Address(uri, None, ()))
-        request.add("Call-ID", secrets.token_hex(12))
+        request.add("Call-ID", ids.token_hex(12))
         request.add("CSeq", f"{number} OPTIONS")
         request.add("User-Agent", self.user_agent)
         qualify.pending[number] = self.clock.callLater(self.qualify_timeout, self._missed, qualify, number)
