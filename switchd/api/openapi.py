@@ -333,9 +333,11 @@ def _callback_paths(schemas: dict[str, Any]) -> dict[str, Any]:
             "reference": {"type": "string"},
             "account_id": {"type": ["integer", "null"]},
             "started": {"type": "number"},
+            "language": {"type": "string", "enum": ["en", "es", "fr", "vi", "zh"],
+                         "description": "Language of the prompts (user1 may change it in the IVR)."},
         },
         "required": ["id", "state", "outcome", "user1", "user2", "max_seconds", "real_duration", "source",
-                     "reference", "account_id", "started"],
+                     "reference", "account_id", "started", "language"],
     }
     callback_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"}}
     return {

@@ -35,7 +35,7 @@ account's balance; ``**<pin>#`` tops the account up with a voucher PIN.
 from __future__ import annotations
 
 import math
-import secrets
+from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Awaitable, Callable
@@ -44,6 +44,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from . import ids
 from .calls import Call
 from .events import Event
 
@@ -157,6 +158,7 @@ class Callback:
             "reference": r.reference,
             "account_id": self.account_id,
             "started": self.started,
+            "language": self.language,
         }
 
 
@@ -234,6 +236,7 @@ class CallbackEngine:
         ring_seconds: float = 60.0,
         node: str = "",
         keep_seconds: float = 3600.0,
+        keep_finished: int = 50_000,
         balance_code: str = "111",
         hangup_code: str = "##",
         first_digit_seconds: float = 15.0,
@@ -254,6 +257,7 @@ class CallbackEngine:
         self.ring_seconds = ring_seconds
         self.node = node
         self.keep_seconds = keep_seconds
+        self.keep_finished = keep_finished
         self.balance_code = balance_code
         self.hangup_code = hangup_code
         self.first_digit_seconds = first_digit_seconds
@@ -261,6 +265,7 @@ class CallbackEngine:
         self.ivr_attempts = ivr_attempts
         self.balance = balance
         self.callbacks: dict[str, Callback] = {}
+        self._ended: deque[Callback] = deque()  # in the order they ended, for _expire
 
     # -- starting ------------------------------------------------------------------
 
@@ -281,7 +286,7 @@ class CallbackEngine:
         lease = self.acquire_account(auth1.account_id, auth1.call_limit, auth1.cps_limit)
         if not getattr(lease, "release", None):
             raise CallbackRefused("the account is at its call limit", 503)
-        callback = Callback(id=secrets.token_hex(12), request=request, account_id=auth1.account_id,
+        callback = Callback(id=ids.token_hex(12), request=request, account_id=auth1.account_id,
                             started=self.clock.seconds(), max_seconds=max_seconds, _engine=self)
         callback.user2 = request.user2
         callback.language = request.language
@@ -298,13 +303,20 @@ class CallbackEngine:
             leg1 = await self.originator.dial(call1, callback._media, "a", caller_id=call1.caller,
                                               ring_seconds=self.ring_seconds)
         except Exception as error:
-            callback._media.close()
+            if callback._media is not None:
+                callback._media.close()
             self._release(callback)
             self.callbacks.pop(callback.id, None)
             raise CallbackRefused(f"cannot call user1: {getattr(error, 'reason', error)}", 503) from None
+        if callback.state == "ended":  # ended while the route was read (a media timeout, a drop)
+            leg1.hangup("cancelled")
+            return callback
         callback._leg1 = leg1
         callback._legs.append(leg1)
         self._event(callback, "dialing1", request.user1)
+        self.log.info("callback {id} ({source} {reference}) calls {user1}, prompts in {language}", id=callback.id,
+                      source=request.source, reference=request.reference, user1=request.user1,
+                      language=callback.language)
         leg1.answered.addCallbacks(lambda body: self._user1_answered(callback),
                                    lambda f: self._leg_failed(callback, "user1", f))
         leg1.ended.addCallback(lambda side: self._finish(callback, self._ended_outcome(callback),
@@ -377,6 +389,8 @@ class CallbackEngine:
     async def _dial(self, callback: Callback, number: str) -> None:
         request = callback.request
         auth2 = await self._authorize(request.service_id, number)
+        if callback.state == "ended":
+            return
         caller = request.caller_id2 or request.user1
         call2 = self._call(callback, auth2, number, caller)
         leg2 = await self.originator.dial(call2, callback._media, "b", caller_id=caller, ring_seconds=self.ring_seconds)
@@ -540,8 +554,11 @@ class CallbackEngine:
         try:
             auth2 = await self._authorize(callback.request.service_id, number)
         except CallbackRefused as refused:
-            self._event(callback, "refused", refused.reason)
-            self._ask(callback, after="refused")
+            if callback.state != "ended":
+                self._event(callback, "refused", refused.reason)
+                self._ask(callback, after="refused")
+            return
+        if callback.state == "ended":
             return
         rate = auth2.rate
         if callback._rate2 is None or rate.price_per_minute > callback._rate2.price_per_minute:
@@ -610,6 +627,7 @@ class CallbackEngine:
         callback.state = "ended"
         callback.outcome = outcome
         callback.ended_at = self.clock.seconds()
+        self._ended.append(callback)
         for timer in (callback._timer, callback._digit_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -620,6 +638,11 @@ class CallbackEngine:
         if media is not None:
             media.close()
         self._release(callback)
+        # A finished callback is kept an hour for the API: only its summary and
+        # events, not its legs, dialogs and relay session (a busy node keeps
+        # hundreds of thousands of them; the collector would walk them all).
+        callback._legs = []
+        callback._leg1 = callback._leg2 = callback._media = callback._auth1 = callback._rate2 = None
         result = CallbackResult(callback.id, outcome, callback.real_duration)
         self._event(callback, "ended", f"{outcome}: {detail}" if detail else outcome)
         self.log.info("callback {id} ({source} {reference}) ended: {outcome}, {seconds} s bridged",
@@ -642,10 +665,13 @@ class CallbackEngine:
                                           reference=callback.request.reference, detail=detail))
 
     def _expire(self) -> None:
-        """Forget finished callbacks after ``keep_seconds`` (their events are in the log and CDRs)."""
+        """Forget finished callbacks after ``keep_seconds``, and the oldest beyond
+        ``keep_finished`` (their events are in the log and CDRs)."""
         limit = self.clock.seconds() - self.keep_seconds
-        for key in [k for k, c in self.callbacks.items() if c.ended_at is not None and c.ended_at < limit]:
-            del self.callbacks[key]
+        while self._ended and (self._ended[0].ended_at < limit or len(self._ended) > self.keep_finished):
+            callback = self._ended.popleft()
+            if self.callbacks.get(callback.id) is callback:
+                del self.callbacks[callback.id]
 
     def get(self, callback_id: str) -> Callback | None:
         return self.callbacks.get(callback_id)

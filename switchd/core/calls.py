@@ -7,10 +7,10 @@ change; the registry answers "which calls are up?" for the API.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from . import ids
 from .events import Event, EventBus
 
 STATES = ("trying", "ringing", "answered", "ended")
@@ -47,7 +47,7 @@ class Call:
     caller: str
     callee: str
     start: float
-    id: str = field(default_factory=lambda: secrets.token_hex(12))
+    id: str = field(default_factory=lambda: ids.token_hex(12))
     direction: str = "outbound"
     account_id: int | None = None
     service_id: int | None = None

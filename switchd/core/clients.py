@@ -21,8 +21,13 @@ class Client:
     service_id: int
     account_id: int
     login: str
-    language: str
+    language: str | None  # None: the access number's
     routed: bool  # the service has a routing group (its calls can go somewhere)
+
+    def language_at(self, access_language: str | None) -> str:
+        """The IVR language for a callback through an access number: the
+        client's own, else the access number's, else English."""
+        return self.language or access_language or "en"
 
 
 _CLIENT = (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from twisted.application.service import Service
@@ -33,14 +33,23 @@ from .ratelimit import RateLimiter
 from .smscommands import Command, CommandError, parse
 
 
-def load_access_numbers(conn) -> dict[str, tuple[int, int]]:
-    """Numbers of callback services: digits -> (service id, account id)."""
-    rows = conn.execute(
-        select(numbers.c.number, services.c.id, services.c.account_id)
+class AccessNumber(NamedTuple):
+    service_id: int
+    account_id: int
+    language: str | None
+
+
+def load_access_numbers(conn, number: str | None = None) -> dict[str, AccessNumber]:
+    """Numbers of callback services (or this one): digits -> their service, its account, their IVR language."""
+    query = (
+        select(numbers.c.number, numbers.c.language, services.c.id, services.c.account_id)
         .join(services, services.c.id == numbers.c.service_id)
         .where(services.c.type == "callback", services.c.status == "active")
     )
-    return {row.number.lstrip("+"): (row.id, row.account_id) for row in rows}
+    if number is not None:
+        query = query.where(numbers.c.number.in_((number, "+" + number)))
+    rows = conn.execute(query)
+    return {row.number.lstrip("+"): AccessNumber(row.id, row.account_id, row.language) for row in rows}
 
 
 class SmsCallback(Service):
@@ -56,7 +65,7 @@ class SmsCallback(Service):
         self.engine = engine
         self.messages = messages  # the SMS engine that sends replies (None: replies only over HTTP)
         self.reload_seconds = reload_seconds
-        self.access: dict[str, tuple[int, int]] = {}
+        self.access: dict[str, AccessNumber] = {}
         self.handled = 0
         # Without the node's shared limiter, a limiter of its own: SMS guesses are braked all the same.
         self.guard = vouchers.RedeemGuard(limiter if limiter is not None else RateLimiter(clock), clock)
@@ -77,7 +86,7 @@ class SmsCallback(Service):
         def loaded(table):
             self.access = table
 
-        d = self.db.run(load_access_numbers)
+        d = self.db.read(load_access_numbers)
         d.addCallbacks(loaded, lambda f: self.log.failure("cannot read the callback access numbers", f))
         return d
 
@@ -86,7 +95,7 @@ class SmsCallback(Service):
         found = self.access.get(destination.lstrip("+"))
         if found is None:
             return False
-        d = ensureDeferred(self._answer(source, destination, text, *found))
+        d = ensureDeferred(self._answer(source, destination, text, found.service_id, found.account_id))
         d.addErrback(lambda f: self.log.failure("SMS callback from {source} failed", f, source=source))
         return True
 
@@ -143,6 +152,15 @@ class SmsCallback(Service):
             return await self._call(client, sender, sender, number, access_number)
         return await self._call(client, sender, command.source or sender, command.destination, access_number)
 
+    async def _access_language(self, access_number: str) -> str | None:
+        """The access number's IVR language: from the table, or the database for a number newer than it."""
+        if not access_number:
+            return None
+        found = self.access.get(access_number.lstrip("+"))
+        if found is None:
+            found = (await self.db.read(load_access_numbers, access_number.lstrip("+"))).get(access_number.lstrip("+"))
+        return found.language if found is not None else None
+
     async def _topup(self, client: clients.Client, command: Command) -> str:
         """T.<pin>: redeem for the client's account, behind the guard; the reply says what happened."""
         keys = (("account", client.account_id),)
@@ -175,7 +193,7 @@ class SmsCallback(Service):
             caller_id1=access_number or None,
             source="sms",
             reference=sender,
-            language=client.language,
+            language=client.language_at(await self._access_language(access_number)),
         )
         try:
             callback = await self.engine.start(request)

@@ -623,6 +623,9 @@ numbers = Table(
     Column("redirect_no_answer", String(32), nullable=True),
     Column("redirect_unregistered", String(32), nullable=True),
     Column("no_answer_seconds", Integer, nullable=False, default=20),
+    # Callback access numbers: the IVR's language for callers of this number
+    # whose client has none of its own (null: English).
+    Column("language", String(2), nullable=True),
     _created(),
     _updated(),
 )
@@ -640,7 +643,8 @@ callback_clients = Table(
     Column("login", String(32), nullable=False, unique=True),
     Column("password_salt", String(32), nullable=False),
     Column("password_hash", String(64), nullable=False),
-    Column("language", String(2), nullable=False, default="en"),
+    # Null: the language of the access number called or texted, else English.
+    Column("language", String(2), nullable=True),
     Column("status", String(16), nullable=False, default="active"),
     _created(),
     _updated(),

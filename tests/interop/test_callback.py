@@ -186,12 +186,14 @@ def test_ani_callback_refuses_the_call_calls_back_and_the_ivr_takes_the_number(t
                           user2_prefix="2")
     try:
         api = net.api
+        # The client has no language of its own: the access number's (Spanish) is used.
         client = api.post("/v1/callback-clients", {"service_id": net.service["id"], "login": "alice",
-                                                   "password": "s3cret", "language": "en"})
+                                                   "password": "s3cret"})
+        assert client["language"] is None
         api.post("/v1/callback-numbers", {"client_id": client["id"], "number": USER1})
         access = api.post("/v1/services", {"account_id": net.account["id"], "type": "callback",
                                            "tariff_plan_id": net.service["tariff_plan_id"]})
-        api.post("/v1/numbers", {"number": "4415550000", "service_id": access["id"]})
+        api.post("/v1/numbers", {"number": "4415550000", "service_id": access["id"], "language": "es"})
         time.sleep(1.5)  # numbers are re-read every second here
         # The client's phone calls the access number from 127.0.0.2 as USER1.
         port = net.daemon.listeners[("sip", "udp")]
@@ -209,6 +211,7 @@ def test_ani_callback_refuses_the_call_calls_back_and_the_ivr_takes_the_number(t
         assert all(c["direction"] == "callback" for c in cdrs)
         log = (tmp_path / "switchd.log").read_text()
         assert "callback" in log and "ended: completed" in log, log[-3000:]
+        assert f"(ani 4415550000) calls {USER1}, prompts in es" in log, log[-3000:]
     finally:
         net.close()
 
@@ -220,7 +223,7 @@ def test_sms_callback_commands_over_http(net, tmp_path):
     api.post("/v1/phone-directory", {"client_id": client["id"], "position": 1, "name": "Office", "number": USER2})
     access = api.post("/v1/services", {"account_id": net.account["id"], "type": "callback",
                                        "tariff_plan_id": net.service["tariff_plan_id"]})
-    api.post("/v1/numbers", {"number": "4415550001", "service_id": access["id"]})
+    api.post("/v1/numbers", {"number": "4415550001", "service_id": access["id"], "language": "vi"})
 
     def sms(sender, text):
         status, body = api("POST", "/v1/callbacks/sms", {"from": sender, "to": "4415550001", "text": text})
@@ -246,6 +249,12 @@ def test_sms_callback_commands_over_http(net, tmp_path):
     assert sms(USER1, "b.office") == f"calling {USER1}, then {USER2}"
     cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=30)
     assert {c["callee"] for c in cdrs} == {USER1, USER2}
+    # bob has no language: the access number's. Once he has one, his own wins.
+    assert f"(sms {USER1}) calls {USER1}, prompts in vi" in (tmp_path / "switchd.log").read_text()
+    assert api("PATCH", f"/v1/callback-clients/{client['id']}", {"language": "fr"})[0] == 200
+    assert sms(USER1, "N1") == f"calling {USER1}, then {USER2}"
+    api.wait_for(lambda: c if len(c := net.cdrs()) == 4 else None, "four callback CDRs", timeout=30)
+    assert f"(sms {USER1}) calls {USER1}, prompts in fr" in (tmp_path / "switchd.log").read_text()
     assert api("POST", "/v1/callbacks/sms", {"from": USER1, "to": "4400000000", "text": "I"})[0] == 404
 
 

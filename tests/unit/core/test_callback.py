@@ -336,3 +336,33 @@ def test_a_voucher_pin_keyed_in_the_ivr_tops_up_the_account():
         assert redeemed == [(7, "999"), (7, "123456789012")] and callback.state == "collecting"
     finally:
         h.close()
+
+
+def test_the_ivr_language_is_the_clients_else_the_access_numbers_else_english():
+    from switchd.core.clients import Client
+
+    def client(language):
+        return Client(1, 2, 3, "alice", language, True)
+
+    assert client("fr").language_at("es") == "fr"
+    assert client(None).language_at("es") == "es"
+    assert client(None).language_at(None) == "en"
+    assert client("vi").language_at(None) == "vi"
+
+
+def test_finished_callbacks_are_kept_an_hour_and_at_most_keep_finished():
+    h = Harness()
+    h.engine.keep_finished = 2
+    ended = []
+    for _ in range(3):
+        callback = h.start()
+        callback.hangup("dropped")
+        ended.append(callback)
+        h.clock.advance(1)
+    h.start()  # starting one forgets what is beyond the limits
+    assert [h.engine.get(c.id) for c in ended] == [None, ended[1], ended[2]]
+    # What a finished callback keeps is its summary, not its legs and relay session.
+    assert ended[2]._legs == [] and ended[2]._media is None and ended[2].summary()["state"] == "ended"
+    h.clock.advance(3600)
+    h.start()
+    assert h.engine.get(ended[1].id) is None and h.engine.get(ended[2].id) is None
