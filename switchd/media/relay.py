@@ -615,6 +615,12 @@ class Leg:
         """
         rtp = len(data) >= 12 and data[0] & 0xC0 == 0x80 and not 72 <= data[1] & 0x7F <= 76
         if self._source is None:
+            if self.session.relay.strict_source and not self.comedia and self._sdp_rtp is not None \
+                    and addr[0] != self._sdp_rtp[0]:
+                # Strict and not COMEDIA: the party is where its SDP says; the first
+                # packet from another host is an injection, not the party.
+                self.dropped += 1
+                return False
             if rtp:
                 self._latch(data, addr)
             return True

@@ -15,7 +15,6 @@ The B2BUA decides nothing about money or routes: ``authorize``, ``router``,
 from __future__ import annotations
 
 import functools
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -24,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ..billing.rating import CUTOFF_MARGIN
+from ..core import ids
 from ..core.calls import Call, CallDtmf, CallRegistry
 from ..media.dtmf import DtmfDigit, DtmfError, parse_sip_info
 from ..media.relay import NoPorts
@@ -114,6 +114,9 @@ class ActiveCall:
     retransmit: IDelayedCall | None = None
     acked: bool = False
     media: CallMedia | None = None  # None: the call's SDP passes untouched
+    # A's INVITE had no SDP (RFC 3261 13.2.1 "delayed offer"): switchd offers to B
+    # itself, B's answer becomes the offer to A, and A's answer comes in its ACK.
+    delayed_offer: bool = False
     policy_a: MediaPolicy = field(default_factory=MediaPolicy)
     policy_b: MediaPolicy = field(default_factory=MediaPolicy)
 
@@ -208,10 +211,27 @@ class B2BUA:
             return False
         active, leg = found
         if leg is active.a:
+            if not active.acked and active.delayed_offer and active.media is not None:
+                self._delayed_answer(active, request)
             active.acked = True
             if active.retransmit is not None and active.retransmit.active():
                 active.retransmit.cancel()
         return True
+
+    def _delayed_answer(self, active: ActiveCall, ack: Request) -> None:
+        """A's SDP answer, in the ACK of a delayed-offer call: where A's media goes."""
+        assert active.media is not None
+        if not is_sdp(ack.get("Content-Type"), ack.body):
+            self.log.warn("call {call}: the ACK has no SDP answer; A's media goes back where it comes from",
+                          call=active.call.id)
+            for session in active.media.sessions:
+                if session is not None:
+                    session.a.comedia = True
+            return
+        try:
+            active.media.received("a", ack.body)  # B already has its answer: what this returns is not sent
+        except SdpError as error:
+            self.log.warn("call {call}: bad SDP answer in the ACK: {error}", call=active.call.id, error=str(error))
 
     def _retransmit_ok(self, active: ActiveCall, interval: float) -> None:
         """RFC 3261 13.3.1.4: resend the 2xx until the ACK; give up after 64*T1."""
@@ -279,8 +299,9 @@ class B2BUA:
             callee = _digits(request.uri.user or "")
             if not callee:
                 raise CallRefused(484, "Address Incomplete")
-            relay_media = self.media is not None and is_sdp(request.get("Content-Type"), request.body)
-            if relay_media:
+            delayed_offer = self.media is not None and not request.body.strip()
+            relay_media = self.media is not None and (delayed_offer or is_sdp(request.get("Content-Type"), request.body))
+            if relay_media and not delayed_offer:
                 try:
                     SessionDescription.parse(request.body)
                 except SdpError as error:
@@ -332,6 +353,7 @@ class B2BUA:
         )
         call.hangup = functools.partial(self.hangup, call.id)
         if relay_media:
+            active.delayed_offer = delayed_offer
             active.policy_a = self._policy_a(origin, request, tx.source)
             active.media = self._start_media(active)
             call.media_info = active.media.describe
@@ -386,6 +408,10 @@ class B2BUA:
             return body
         active.policy_b = policy
         media.comedia["b"] = policy.comedia
+        if active.delayed_offer:
+            # No SDP of A's to pass on: switchd's own offer (the relay, G.711 and
+            # telephone-event), whatever the bypass setting.
+            return media.offer("b")
         media.bypass = policy.bypass and not active.policy_a.comedia and not media.sessions
         return media.received("a", body)
 
@@ -464,12 +490,14 @@ class B2BUA:
         display = caller.display_name if caller is not None else None
         request.add("From", Address(URI("sip", local_host, call.caller or "anonymous"), display).with_tag(new_tag()))
         request.add("To", Address(to))
-        request.add("Call-ID", secrets.token_hex(16))
+        request.add("Call-ID", ids.token_hex(16))
         request.add("CSeq", "1 INVITE")
         request.add("Contact", Address(URI("sip", local_host, "switchd", None, local_port, params)))
         for name in COPIED_HEADERS:
             for value in a.get_all(name):
                 request.add(name, value)
+        if body and active.delayed_offer:
+            request.set("Content-Type", "application/sdp")
         request.add("User-Agent", self.user_agent)
         request.body = body
         return request

@@ -28,14 +28,17 @@ from twisted.python.threadpool import ThreadPool
 
 import datetime
 
-from ..billing import cdr, ledger, rating, vouchers
+from ..billing import cdr, ledger, vouchers
+from ..billing.authcache import AuthorizationCache
 from ..config import Config, ConfigError
+from ..core import ids
 from ..core.calls import Call, CallRegistry
 from ..core.events import EventBus
 from ..core.ratelimit import RateLimiter
 from ..core.router import Router
 from sqlalchemy import select
 
+from ..store.groupcommit import GroupCommit
 from ..store.models import numbers, services, sip_accounts
 from .b2bua import B2BUA, CallRefused, Contact, Delivery, Origin
 from .digest import DigestError, DigestResult, DigestServer, parse_credentials
@@ -189,6 +192,11 @@ class SIPService(Service):
         self.messages = Counter("switchd_sip_messages", "SIP messages", ["direction", "kind"], registry=registry)
         self.events = Counter("switchd_sip_events", "Drops, bans, auth failures, malformed input", ["name", "reason"], registry=registry)
         self.traces = TraceWriter(os.path.join(state_dir, "sip-trace"))
+        # Calls and callback legs are authorised from memory (billing/authcache.py).
+        self.authorizer = AuthorizationCache(db.read, reactor, registry=registry)
+        # Answers and CDRs (with their charges) are written by group commit:
+        # what ends while a transaction runs goes into the next one.
+        self.cdr_writes = GroupCommit(db, max_batch=500, max_pending=200_000)
         self.trunks: TrunkManager  # set below; the transport asks it about peers
         self.protection = Protection(
             reactor,
@@ -437,6 +445,7 @@ class SIPService(Service):
 
         d = deferLater(self.reactor, 0.2, lambda: None)
         d.addCallback(lambda _: self.transport.stop())
+        d.addCallback(lambda _: self.cdr_writes.drained())  # the last CDRs, before the database stops
         return d
 
     # -- inbound -------------------------------------------------------------------
@@ -579,7 +588,7 @@ class SIPService(Service):
             return None
         row, accounts, kind = found
         if kind == "callback":
-            await self._ani_callback(caller, row.number)
+            await self._ani_callback(caller, row.number, row.language)
             raise CallRefused(603, "Decline")
         contacts = [
             Contact(uri=Address.parse(binding.contact).uri, destination=binding.source)
@@ -596,7 +605,7 @@ class SIPService(Service):
             no_answer_seconds=row.no_answer_seconds,
         )
 
-    async def _ani_callback(self, caller: str, access_number: str) -> None:
+    async def _ani_callback(self, caller: str, access_number: str, access_language: str | None = None) -> None:
         """Call back a registered client who rang an access number (after ``ani_delay_seconds``)."""
         client = await self.db.run(clients.by_number, caller) if caller else None
         if client is None:
@@ -605,7 +614,7 @@ class SIPService(Service):
             raise CallRefused(403, "Forbidden")
         request = CallbackRequest(service_id=client.service_id, user1=caller, user2=None, max_seconds=0,
                                   caller_id1=access_number, source="ani", reference=access_number,
-                                  language=client.language, ivr=True)
+                                  language=client.language_at(access_language), ivr=True)
 
         def call_back() -> None:
             d = ensureDeferred(self.callbacks.start(request))
@@ -628,10 +637,10 @@ class SIPService(Service):
             self._redeem_guard.done(keys, failed)
 
     async def _authorize(self, origin: Origin, callee: str):
-        return await self.db.run(rating.authorize_call, origin.service_id, callee, self._now())
+        return await self.authorizer.authorize(origin.service_id, callee, self._now())
 
     async def _authorize_number(self, service_id: int, number: str):
-        return await self.db.run(rating.authorize_call, service_id, number, self._now())
+        return await self.authorizer.authorize(service_id, number, self._now())
 
     def _record(self, call: Call) -> cdr.CallRecord:
         def at(seconds: float | None) -> datetime.datetime | None:
@@ -658,10 +667,10 @@ class SIPService(Service):
         )
 
     async def _on_answer(self, call: Call) -> None:
-        await self.db.run(cdr.record_answer, self._record(call), self._now())
+        await self.cdr_writes.submit(cdr.record_answers, (self._record(call), self._now()))
 
     async def _on_end(self, call: Call) -> None:
-        await self.db.run(cdr.finish_call, self._record(call))
+        await self.cdr_writes.submit(cdr.finish_calls, self._record(call))
 
     def _nat_keepalive(self) -> None:
         for binding in self.registrar.nat_bindings():
@@ -671,7 +680,7 @@ class SIPService(Service):
             request.add("Max-Forwards", "70")
             request.add("From", Address(local).with_tag(new_tag()))
             request.add("To", Address(uri))
-            request.add("Call-ID", secrets.token_hex(12))
+            request.add("Call-ID", ids.token_hex(12))
             request.add("CSeq", "1 OPTIONS")
             request.add("User-Agent", self.config.sip.user_agent)
             try:

@@ -51,10 +51,10 @@ class MediaNetwork(Network):
                            **connection)
 
     def media_call(self, media_addr: str = CUSTOMER_IP, calls: int = 1, rate: float = 1,
-                   timeout: float = 120) -> subprocess.Popen:
+                   timeout: float = 120, scenario: str = "uac_pcap.xml") -> subprocess.Popen:
         port = self.daemon.listeners[("sip", "udp")]
         return subprocess.Popen(
-            ["sipp", "-sf", str(SCENARIOS / "uac_pcap.xml"), f"127.0.0.1:{port}", "-s", "4420712345",
+            ["sipp", "-sf", str(SCENARIOS / scenario), f"127.0.0.1:{port}", "-s", "4420712345",
              "-i", CUSTOMER_IP, "-p", "0", "-mp", str(free_port()), "-m", str(calls), "-r", str(rate),
              "-l", str(max(calls, 1)), "-key", "media_addr", media_addr, "-key", "pcap", str(STREAM),
              "-key", "dtmf", str(DIGIT), "-nostdin", "-trace_err"],
@@ -128,6 +128,26 @@ def test_audio_flows_both_ways_the_digit_is_heard_and_ports_come_back(media, tmp
     media.api.wait_for(lambda: metric(media.daemon, "switchd_media_sessions") == 0, "sessions closed")
     assert metric(media.daemon, "switchd_media_ports_free") == free_before
     assert metric(media.daemon, 'switchd_media_packets_total{kind="packets_relayed"}') > 400
+
+
+@pytest.mark.slow
+def test_a_delayed_offer_is_offered_by_switchd_and_answered_in_the_ack(media, tmp_path):
+    """The caller's INVITE has no SDP: switchd offers to the trunk from the relay, the
+    trunk's answer is the caller's offer in the 200 OK, the caller answers in its ACK."""
+    media.echo_vendor()
+    media.settle()
+    caller = media.media_call(scenario="uac_delayed_offer.xml")
+    call = wait_media(media, lambda c: c["media"][0]["caller"]["packets_out"] > 50
+                      and c["media"][0]["callee"]["packets_out"] > 50, "two-way audio")
+    session = call["media"][0]
+    assert session["caller"]["remote"].startswith(f"{CUSTOMER_IP}:")  # from the SDP in the ACK
+    assert session["callee"]["remote"].startswith("127.0.0.3:")
+    wait_media(media, lambda c: c["dtmf"] == "11", "the digit 1 from both sides", timeout=20)
+    finish(caller, tmp_path)
+    [cdr] = media.wait_cdrs(1)
+    assert cdr["sip_code"] == 200 and cdr["billable_seconds"] >= 9
+    log = (tmp_path / "switchd.log").read_text()
+    assert "ACK has no SDP" not in log and "bad SDP" not in log
 
 
 @pytest.mark.slow

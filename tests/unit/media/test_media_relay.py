@@ -318,6 +318,28 @@ async def test_strict_source_drops_other_addresses_until_set_remote(relays, part
     assert session.b.dropped == 2
 
 
+@pytest_twisted.ensureDeferred
+async def test_strict_source_without_comedia_latches_only_on_the_sdp_host(relays, parties):
+    relay = relays(strict_source=True)
+    alice, bob, intruder = parties(), parties(), parties("127.0.0.9")
+    session = relay.open("call-strict-first")
+    session.a.set_remote(*alice.addr)
+    session.b.set_remote(*bob.addr)
+    intruder.send(voice(1, ssrc=9), session.b.local_port)  # first, from another host
+    await until(lambda: session.b.dropped == 1)
+    assert not session.b.latched and alice.received == []
+    bob.send(voice(2, ssrc=7), session.b.local_port)
+    await until(lambda: len(alice.received) == 1)
+    assert session.b.latched and alice.payloads() == [voice(2, ssrc=7)]
+    # With COMEDIA the SDP address means nothing: the first packet latches wherever it comes from.
+    comedia = relay.open("call-strict-comedia")
+    comedia.a.set_remote(*alice.addr)
+    comedia.b.set_remote("192.0.2.1", 4000, comedia=True)
+    intruder.send(voice(3, ssrc=9), comedia.b.local_port)
+    await until(lambda: comedia.b.latched)
+    assert comedia.b.dropped == 0
+
+
 # --------------------------------------------------------------------------
 # Mute, player, DTMF, tap
 # --------------------------------------------------------------------------
