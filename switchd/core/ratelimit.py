@@ -38,6 +38,11 @@ class TokenBucket:
             return True
         return False
 
+    def give_back(self, now: float, amount: float = 1.0) -> None:
+        """Return tokens taken for something that did not count (never above ``burst``)."""
+        self._refill(now)
+        self.tokens = min(self.burst, self.tokens + amount)
+
     def retry_after(self, now: float, cost: float = 1.0) -> float:
         """Seconds until ``cost`` tokens will be there."""
         self._refill(now)
@@ -116,6 +121,12 @@ class RateLimiter:
         if bucket.take(now, cost):
             return Decision(True)
         return Decision(False, bucket.retry_after(now, cost))
+
+    def give_back(self, kind: str, who: Hashable, amount: float = 1.0) -> None:
+        """Return ``amount`` tokens taken by ``allow`` for something that did not count."""
+        bucket = self._buckets.get((kind, who))
+        if bucket is not None:
+            bucket.give_back(self._clock.seconds(), amount)
 
     # -- concurrency ---------------------------------------------------------------
 

@@ -19,6 +19,22 @@ def test_bucket_allows_the_rate_and_says_when_to_retry():
     assert limiter.allow("nothing", 1).allowed
 
 
+def test_tokens_given_back_count_again_but_never_above_the_burst():
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    limiter.configure("guess", 1, rate=0.1, burst=2)
+    assert limiter.allow("guess", 1).allowed and limiter.allow("guess", 1).allowed
+    assert not limiter.allow("guess", 1).allowed
+    limiter.give_back("guess", 1)
+    assert limiter.allow("guess", 1).allowed
+    for _ in range(5):
+        limiter.give_back("guess", 1)
+    assert limiter.allow("guess", 1).allowed and limiter.allow("guess", 1).allowed
+    assert not limiter.allow("guess", 1).allowed  # capped at 2
+    limiter.give_back("guess", 99)  # a key with no bucket: nothing happens
+    limiter.give_back("nothing", 1)
+
+
 def test_limits_change_without_a_restart():
     clock = Clock()
     limiter = RateLimiter(clock)
