@@ -112,6 +112,20 @@ def parse_words(raw: str) -> tuple[str, ...]:
     return tuple(word for word in raw.replace(",", " ").split() if word)
 
 
+def parse_cpus(raw: str) -> tuple[int, ...]:
+    """CPU numbers and ranges (``0``, ``2-3,6``); empty: none."""
+    cpus: set[int] = set()
+    for word in parse_words(raw):
+        low, _, high = word.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise ValueError(f"{word!r} is not a CPU number or range (such as 0 or 2-3)")
+        first, last = int(low), int(high or low)
+        if last < first:
+            raise ValueError(f"{word!r}: the range ends before it starts")
+        cpus.update(range(first, last + 1))
+    return tuple(sorted(cpus))
+
+
 def parse_database_url(raw: str) -> str:
     value = raw.strip()
     if value and not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg2:")):
@@ -145,12 +159,20 @@ class SwitchdSection:
         parse_str,
         "Name of this node when several share one database (empty: the host name).",
     )
+    cpu_affinity: tuple[int, ...] = setting(
+        "",
+        parse_cpus,
+        "CPUs the daemon runs on (such as 2 or 2-3; empty: any). One CPU is usually best: the "
+        "reactor and the database threads take turns holding the interpreter lock, and the "
+        "turns are cheaper on one core (see docs/benchmarks.rst).",
+    )
     gc_thresholds: tuple[str, ...] = setting(
-        "20000 20 20",
+        "1000 10 1000",
         parse_words,
         "Python garbage collector thresholds (generations 0, 1, 2), set once startup is done; "
-        "objects alive then are frozen out of collections. Higher values mean fewer pauses with "
-        "many calls up. Empty: the interpreter's defaults.",
+        "objects alive then are frozen out of collections. The default keeps young collections "
+        "short (a few ms with many calls up) and full ones rare (see docs/benchmarks.rst). "
+        "Empty: the interpreter's defaults.",
     )
 
 

@@ -165,9 +165,10 @@ class SmsServices(OrderedServices):
     and the engine stop, in that order.
     """
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, http) -> None:
         super().__init__()
         self.engine = engine
+        self.http = http  # the outgoing HTTP client: callbacks, surveys, notifications
 
 
 def build_sms_services(config: Config, reactor, db: Database, bus: EventBus, limiter: RateLimiter,
@@ -177,17 +178,20 @@ def build_sms_services(config: Config, reactor, db: Database, bus: EventBus, lim
     from .core.router import Router
     from .smpp.server import Directory, SmppServerFactory, SmppServerService
     from .sms.engine import build_sms
+    from .sms.survey import StatusSurvey
 
     smpp = config.smpp
     if router is None:
         router = Router(db, reactor, limiter, _NoTrunks())
     engine, links = build_sms(db, reactor, bus, limiter, router, node=node, deliver_window=smpp.window,
                               reload_seconds=smpp.reload_seconds)
-    services = SmsServices(engine)
+    http = default_http_client(reactor)  # callbacks, status surveys and notifications share its pool
+    services = SmsServices(engine, http)
     engine.setServiceParent(services)
     links.setServiceParent(services)
-    StatusCallbacks(db, reactor, bus, default_http_client(reactor), registry=registry,
+    StatusCallbacks(db, reactor, bus, http, registry=registry,
                     settings_seconds=smpp.reload_seconds).setServiceParent(services)
+    StatusSurvey(db, reactor, http, engine.apply_outcome, node=node, registry=registry).setServiceParent(services)
     if smpp.listen:
         factory = SmppServerFactory(
             reactor,
@@ -217,6 +221,7 @@ def make_service(config: Config, reactor) -> MultiService:
     database (first in) stops last, once nothing can use it any more.
     """
     top = OrderedServices()
+    _pin(config)  # before any thread starts: threads inherit the mask
     state_dir = prepare_state_dir(config)
     db = open_database(config, reactor)
     db.setServiceParent(top)
@@ -260,17 +265,17 @@ def make_service(config: Config, reactor) -> MultiService:
         recordings_dir=config.media.recordings_dir or os.path.join(state_dir, "recordings"),
         run_in_thread=lambda f: deferToThreadPool(reactor, reactor.getThreadPool(), f),
     )
+    if sip is not None:
+        api.on_write.append(sip.authorizer.clear)  # a top-up or a new rate counts at once
     from .api import vouchers as vouchers_api
 
     vouchers_api.mount(api, limiter)
     if sip is not None:
-        import treq
-
         from .api.callbacks import CallbacksAPI
         from .api.notify import JsonPoster
         from .core.smscallback import SmsCallback
 
-        poster = JsonPoster(reactor, treq.request, user_agent=config.sip.user_agent)
+        poster = JsonPoster(reactor, sms.http.request, user_agent=config.sip.user_agent)
         sms_callback = None
         if sip.media is not None:
             sms_callback = SmsCallback(db, reactor, sip.callbacks, messages=sms.engine,
@@ -304,6 +309,18 @@ def make_service(config: Config, reactor) -> MultiService:
     reactor.callWhenRunning(_tune_gc, thresholds)
     log.info("switchd node {node} configured from {source}", node=node, source=config.source)
     return top
+
+
+def _pin(config: Config) -> None:
+    cpus = config.switchd.cpu_affinity
+    if not cpus:
+        return
+    available = os.sched_getaffinity(0)
+    if not set(cpus) <= available:
+        raise ConfigError(config.source, f"CPUs {sorted(set(cpus) - available)} are not available to this "
+                          f"process (it may use {sorted(available)})", "switchd", "cpu_affinity")
+    os.sched_setaffinity(0, cpus)
+    log.info("running on CPUs {cpus}", cpus=list(cpus))
 
 
 def _gc_thresholds(config: Config) -> tuple[int, int, int] | None:

@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,18 @@ def test_first_start_on_embedded_defaults(tmp_path):
         assert again.stop() == CLEAN
 
 
+def test_the_daemon_runs_on_the_cpu_it_is_given(tmp_path):
+    daemon = Daemon(tmp_path, env={"SWITCHD_SWITCHD_CPU_AFFINITY": "0"}).start()
+    try:
+        tasks = Path(f"/proc/{daemon.proc.pid}/task")
+        # Every thread, those started after the setting too (the database's, twistd's pool).
+        masks = {(task / "status").read_text().split("Cpus_allowed_list:")[1].split()[0] for task in tasks.iterdir()}
+        assert masks == {"0"} and len(list(tasks.iterdir())) > 1
+        assert "running on CPUs [0]" in daemon.log.read_text()
+    finally:
+        assert daemon.stop() == CLEAN
+
+
 def test_postgresql_database_from_the_environment(tmp_path, pg_schema_url):
     daemon = Daemon(
         tmp_path,
@@ -88,6 +101,7 @@ def test_postgresql_database_from_the_environment(tmp_path, pg_schema_url):
         ("", {"SWITCHD_API_PAGE_SIZE": "-1"},
          "environment variable SWITCHD_API_PAGE_SIZE: [api] page_size: must be at least 1"),
         ("[api]\nlisten = bogus:1\n", {}, "switchd.ini: [api] listen: bad endpoint 'bogus:1'"),
+        ("[switchd]\ncpu_affinity = 4095\n", {}, "switchd.ini: [switchd] cpu_affinity: CPUs [4095] are not available"),
     ],
 )
 def test_bad_configuration_stops_startup_with_one_clear_line(tmp_path, ini, env, expected):

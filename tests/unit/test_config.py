@@ -69,6 +69,8 @@ def test_environment_wins_over_the_file(tmp_path):
         ("[database]\npool_size = 0\n", r"\[database\] pool_size: must be at least 1, got 0"),
         ("[database]\nauto_migrate = perhaps\n", r"\[database\] auto_migrate: expected yes or no, got 'perhaps'"),
         ("[database]\nurl = mysql://x\n", r"\[database\] url: expected an sqlite:/// or postgresql:// URL"),
+        ("[switchd]\ncpu_affinity = 3-1\n", r"\[switchd\] cpu_affinity: '3-1': the range ends before it starts"),
+        ("[switchd]\ncpu_affinity = first\n", r"\[switchd\] cpu_affinity: 'first' is not a CPU number or range"),
         ("listen = 1\n", r"not a valid INI file: File contains no section headers"),
         ("[api]\nlisten = a\nlisten = b\n", r"not a valid INI file: While reading from"),
     ],
@@ -127,3 +129,9 @@ def test_configuration_docs_cover_every_key():
         assert f"[{section}]" in docs
         for f in dataclasses.fields(cls):
             assert f"``{f.name}``" in docs, f"docs/configuration.rst lacks [{section}] {f.name}"
+
+
+def test_cpu_affinity_takes_numbers_and_ranges(tmp_path):
+    config = load(write(tmp_path, "[switchd]\ncpu_affinity = 2-3, 0 3\n"), environ={})
+    assert config.switchd.cpu_affinity == (0, 2, 3)
+    assert load(write(tmp_path, ""), environ={}).switchd.cpu_affinity == ()
