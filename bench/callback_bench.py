@@ -1,4 +1,4 @@
-"""Callbacks through switchd, asked over IIF (UDP), answered by SIPp.
+"""Callbacks through switchd, asked over IIF (UDP) or click-to-dial (HTTP), answered by SIPp.
 
 switchd (``twistd -n switchd``, SQLite in a temporary state directory) is
 provisioned through the API: a prepaid account with a large balance, a rate
@@ -20,6 +20,9 @@ root (needs ``sipp``)::
 
     python bench/callback_bench.py --rates 10,25,50,100,150 --seconds 10
 
+With ``--http`` the requests are click-to-dial creates (``POST /v1/callbacks`` with
+the admin key) and the "ACK" columns are the time to the ``201``; a callback counts
+as failed unless ``GET /v1/callbacks/{id}`` later says ``completed`` with talk time.
 It prints a table and writes JSON to ``bench/results/``.
 """
 
@@ -45,8 +48,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class Switchd(common.Switchd):
     """switchd with the IIF interface open to this process."""
 
-    def __init__(self, procs, directory: Path) -> None:
-        super().__init__(procs, directory, "")
+    def __init__(self, procs, directory: Path, experiment=None) -> None:
+        super().__init__(procs, directory, "", experiment)
         self.env.update({
             "SWITCHD_IIF_LISTEN": "127.0.0.1:0",
             "SWITCHD_IIF_PEERS": "127.0.0.1:0",
@@ -153,12 +156,68 @@ def step(switchd: Switchd, server: Server, rate: int, seconds: float, talk_ms: i
     durations = [server.responses[i][1] for i in sent if i in server.responses and server.responses[i][1] > 0]
     failed = failed_ack + missing_ack + no_response + zero
 
+    # When the slow ACKs were asked for (seconds into the step): clustered (a pause) or spread (load)?
+    slow = sorted((round(t - t0, 2), round((server.acks[i][0] - t) * 1000, 1))
+                  for i, t in sent.items() if i in server.acks and server.acks[i][0] - t > 0.010)
+
     def pct(p: float) -> float | None:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 2) if latencies else None
 
     return {
         "rate": rate, "requests": count, "achieved_rate": round(count / send_seconds, 1), "failed": failed,
         "ack_fail": failed_ack, "ack_missing": missing_ack, "response_missing": no_response, "zero_duration": zero,
+        "ack_ms_p50": pct(0.50), "ack_ms_p99": pct(0.99), "ack_ms_max": round(latencies[-1], 2) if latencies else None,
+        "real_duration_mean": round(statistics.mean(durations), 2) if durations else None,
+        "cpu_pct": round(100 * cpu / elapsed, 1), "sustained": failed == 0,
+        "ack_over_10ms_pct": round(100 * len(slow) / max(1, len(latencies)), 2), "slow_acks": slow[:500],
+    }
+
+
+def step_http(switchd: Switchd, rate: int, seconds: float, talk_ms: int, label: str) -> dict:
+    """Click-to-dial: ``POST /v1/callbacks`` paced at ``rate`` (a pool of client threads,
+    each request on its own connection), then each callback's state once it ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    count = int(rate * seconds)
+    created: dict[int, tuple[float, int, dict]] = {}  # n -> (latency s, status, body)
+
+    def create(n: int) -> None:
+        started = time.monotonic()
+        try:
+            status, body = switchd.api("POST", "/v1/callbacks", {
+                "service_id": 1, "a": f"44207{n:06d}", "b": f"44208{n:06d}", "max_seconds": 600}, timeout=30)
+        except OSError:  # refused, reset, timed out: a failed create
+            status, body = 0, {}
+        created[n] = (time.monotonic() - started, status, body if isinstance(body, dict) else {})
+
+    cpu0, t0 = common.ticks(switchd.pid) or 0, time.monotonic()
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        for n in range(count):
+            delay = t0 + n / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(create, n)
+    send_seconds = time.monotonic() - t0
+    time.sleep(talk_ms / 1000 + 8)  # user1 rings, answers, user2 talks and hangs up
+    elapsed = time.monotonic() - t0
+    cpu = ((common.ticks(switchd.pid) or 0) - cpu0) / common.CLK_TCK
+    completed, durations = 0, []
+    for latency, status, body in created.values():
+        if status != 201:
+            continue
+        state_status, state = switchd.api("GET", f"/v1/callbacks/{body['id']}")
+        if state_status == 200 and state.get("outcome") == "completed" and state.get("real_duration", 0) > 0:
+            completed += 1
+            durations.append(state["real_duration"])
+    latencies = sorted(latency * 1000 for latency, status, _ in created.values() if status == 201)
+
+    def pct(p: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 2) if latencies else None
+
+    failed = count - completed
+    return {
+        "rate": rate, "kind": "http", "requests": count, "achieved_rate": round(count / send_seconds, 1),
+        "failed": failed, "refused": sum(1 for _, status, _ in created.values() if status != 201),
         "ack_ms_p50": pct(0.50), "ack_ms_p99": pct(0.99), "ack_ms_max": round(latencies[-1], 2) if latencies else None,
         "real_duration_mean": round(statistics.mean(durations), 2) if durations else None,
         "cpu_pct": round(100 * cpu / elapsed, 1), "sustained": failed == 0,
@@ -170,6 +229,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rates", default="10,25,50,100,150")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--talk-ms", type=int, default=2000)
+    parser.add_argument("--http", action="store_true",
+                        help="click-to-dial: POST /v1/callbacks instead of IIF REQUESTs (ACK = the 201)")
+    parser.add_argument("--gc-stats", action="store_true",
+                        help="time switchd's garbage collections (through b2bua_bench's wrapper); per step")
+    parser.add_argument("--switch-interval", type=float, default=0.0,
+                        help="run switchd with this GIL switch interval (seconds; an experiment)")
     args = parser.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",") if r]
     procs = common.Processes()
@@ -183,7 +248,9 @@ def main(argv=None) -> int:
             procs.start(["sipp", "-sf", str(SCENARIOS / scenario), "-i", host, "-p", str(port), "-nostdin",
                          "-trace_err", *extra], cwd=directory, stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL, quit_signal=common.signal.SIGUSR1)
-        switchd = Switchd(procs, directory / "switchd").start()
+        experiment = argparse.Namespace(switch_interval=args.switch_interval, gc_stats=args.gc_stats,
+                                        gc_freeze=False, gc_threshold="", gc_disable=False)
+        switchd = Switchd(procs, directory / "switchd", experiment).start()
         common.log(f"switchd pid {switchd.pid}, IIF on 127.0.0.1:{switchd.iif_port}")
         provision(switchd, uas_ports)
         server = Server()
@@ -191,7 +258,15 @@ def main(argv=None) -> int:
         print(f"{'rate':>6} {'got/s':>7} {'reqs':>6} {'failed':>6} {'ack p50':>8} {'ack p99':>8} {'ack max':>8} "
               f"{'talk s':>7} {'cpu%':>6} sust")
         for rate in rates:
-            result = step(switchd, server, rate, args.seconds, args.talk_ms, f"r{rate}")
+            if args.http:
+                result = step_http(switchd, rate, args.seconds, args.talk_ms, f"r{rate}")
+            else:
+                result = step(switchd, server, rate, args.seconds, args.talk_ms, f"r{rate}")
+            gc_now = switchd.gc()
+            if gc_now is not None:  # cumulative: the step's collections are the difference
+                result["gc"] = {g: gc_now.get(g) for g in ("0", "1", "2")}
+                common.log(f"gc after rate {rate}: " + ", ".join(
+                    f"gen{g} {v['count']}x max {v['max'] * 1000:.1f} ms" for g, v in result["gc"].items() if v))
             results["steps"].append(result)
             print(f"{rate:>6} {result['achieved_rate']:>7} {result['requests']:>6} {result['failed']:>6} "
                   f"{result['ack_ms_p50']!s:>8} {result['ack_ms_p99']!s:>8} {result['ack_ms_max']!s:>8} "
