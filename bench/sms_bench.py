@@ -27,8 +27,8 @@ the orchestrator (no ``--role``)
     (``twistd -n switchd``, its SMPP server and API on ephemeral ports of
     127.0.0.1, no SIP) and provisions through the API a customer, a prepaid
     account with a large top-up, a tariff with a price per message, a
-    routing group with one SMPP link to the SMSC (``window_size`` = the
-    window) and an SMPP connection (reception speed 100,000 per second);
+    routing group with ``--links`` SMPP links to the SMSC (each with
+    ``window_size`` = the window) and an SMPP connection (reception speed 100,000 per second);
     then a warm-up and the measured run of the ESME, sampling the CPU of
     every process and the daemon's RSS.  ``--long-seconds`` adds a long run
     at a paced rate for memory (RSS every 5 s, with its slope and the
@@ -856,16 +856,17 @@ class Daemon:
             raise RuntimeError(f"POST {path}: {status} {answer}")
         return answer
 
-    def provision(self, smsc_port: int, window: int) -> None:
+    def provision(self, smsc_port: int, window: int, links: int = 1) -> None:
         customer = self.post("/v1/customers", {"name": "bench customer"})
         account = self.post("/v1/accounts", {"customer_id": customer["id"], "currency": "EUR"})
         self.post(f"/v1/accounts/{account['id']}/transactions", {"kind": "topup", "amount": "1000000"})
         plan = self.post("/v1/tariff-plans", {"name": "sms", "currency": "EUR"})
         self.post("/v1/rates", {"tariff_plan_id": plan["id"], "prefix": "44", "price_per_message": "0.001"})
         group = self.post("/v1/routing-groups", {"name": "sms"})
-        link = self.post("/v1/smpp-links", {"name": "bench-smsc", "host": "127.0.0.1", "port": smsc_port,
-                                            "system_id": "switchd", "password": "pw", "window_size": window})
-        self.post("/v1/routing-group-members", {"routing_group_id": group["id"], "smpp_link_id": link["id"]})
+        for n in range(1, links + 1):  # equal members: the router spreads messages over them
+            link = self.post("/v1/smpp-links", {"name": f"bench-smsc-{n}", "host": "127.0.0.1", "port": smsc_port,
+                                                "system_id": "switchd", "password": "pw", "window_size": window})
+            self.post("/v1/routing-group-members", {"routing_group_id": group["id"], "smpp_link_id": link["id"]})
         service = self.post("/v1/services", {"account_id": account["id"], "type": "api",
                                              "tariff_plan_id": plan["id"], "routing_group_id": group["id"]})
         self.post("/v1/connections/smpp", {"service_id": service["id"], "login": LOGIN, "password": PASSWORD,
@@ -950,9 +951,9 @@ def measure(procs: Processes, args, backend: str, window: int, work: Path) -> di
     try:
         smsc, smsc_port, stats = start_smsc(procs, directory, window, args.load_cpu)
         daemon = Daemon(procs, directory, url, window, args.daemon_cpu, args.switch_interval).start()
-        daemon.provision(smsc_port, window)
+        daemon.provision(smsc_port, window, args.links)
         deadline = time.monotonic() + 30
-        while smsc_stats(stats).get("sessions", 0) < 1:
+        while smsc_stats(stats).get("sessions", 0) < args.links:
             if time.monotonic() > deadline:
                 raise RuntimeError("the upstream link did not bind")
             time.sleep(0.2)
@@ -963,7 +964,8 @@ def measure(procs: Processes, args, backend: str, window: int, work: Path) -> di
         warm_result = esme_result(warm, args.warmup + args.drain + 60)
         procs.stop(warm)
         quiet = wait_quiet(args.wait_quiet) if args.wait_quiet else None
-        log(f"{backend}, window {window}: measured run ({args.seconds:g} s, {args.sessions} session(s))"
+        log(f"{backend}, window {window}: measured run ({args.seconds:g} s, {args.sessions} session(s), "
+            f"{args.links} link(s))"
             + (f", machine at {quiet}% before" if quiet is not None else ""))
         before = smsc_stats(stats)
         esme = launch_esme(procs, daemon.smpp_port, args, seconds=args.seconds, window=window, rate=args.rate,
@@ -999,6 +1001,7 @@ def measure(procs: Processes, args, backend: str, window: int, work: Path) -> di
             "backend": backend,
             "window": window,
             "sessions": args.sessions,
+            "links": args.links,
             "rate_offered": args.rate,
             "warmup": {k: warm_result[k] for k in ("accepted", "receipts", "missing_receipts")},
             "accepted": result["accepted"],
@@ -1050,9 +1053,9 @@ def long_run(procs: Processes, args, backend: str, work: Path) -> dict[str, Any]
     try:
         smsc, smsc_port, stats = start_smsc(procs, directory, window, args.load_cpu)
         daemon = Daemon(procs, directory, url, window, args.daemon_cpu, args.switch_interval).start()
-        daemon.provision(smsc_port, window)
+        daemon.provision(smsc_port, window, args.links)
         deadline = time.monotonic() + 30
-        while smsc_stats(stats).get("sessions", 0) < 1:
+        while smsc_stats(stats).get("sessions", 0) < args.links:
             if time.monotonic() > deadline:
                 raise RuntimeError("the upstream link did not bind")
             time.sleep(0.2)
@@ -1116,7 +1119,7 @@ def long_run(procs: Processes, args, backend: str, work: Path) -> dict[str, Any]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    header = (f"{'backend':<11}{'win':>4}{'sess':>5}{'accepted/s':>11}{'receipts/s':>11}{'e2e/s':>8}"
+    header = (f"{'backend':<11}{'win':>4}{'sess':>5}{'links':>6}{'accepted/s':>11}{'receipts/s':>11}{'e2e/s':>8}"
               f"{'submit p50/p99 ms':>19}{'switchd%':>9}{'pg%':>5}{'load%':>6}{'other%':>7}{'lost':>5}")
     lines = [header]
     for r in rows:
@@ -1124,7 +1127,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         load = cpu.get("esme_cpu_pct", 0) + cpu.get("smsc_cpu_pct", 0)
         latency = r["submit_latency_ms"]
         lines.append(
-            f"{r['backend']:<11}{r['window']:>4}{r['sessions']:>5}{r['accepted_per_s_steady']:>11,.0f}"
+            f"{r['backend']:<11}{r['window']:>4}{r['sessions']:>5}{r.get('links', 1):>6}"
+            f"{r['accepted_per_s_steady']:>11,.0f}"
             f"{r['receipts_per_s_steady']:>11,.0f}{r['end_to_end_per_s']:>8,.0f}"
             f"{latency['p50']!s:>10}/{latency['p99']!s:<8}{cpu.get('switchd_cpu_pct', 0):>9.0f}"
             f"{cpu.get('postgresql_cpu_pct', 0):>5.0f}{load:>6.0f}{cpu.get('other_cpu_pct', 0):>7.0f}"
@@ -1207,6 +1211,8 @@ def main() -> int:
     parser.add_argument("--windows", type=lambda s: [int(x) for x in s.split(",") if x], default=[16, 64],
                         help="SMPP windows to measure (ESME, link, SMSC receipts, server deliveries)")
     parser.add_argument("--sessions", type=int, default=1, help="ESME binds (each with the window)")
+    parser.add_argument("--links", type=int, default=1,
+                        help="upstream SMPP links to the SMSC in the routing group (each with the window)")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of sending per measured run (0: none)")
     parser.add_argument("--rate", type=float, default=0.0, help="messages per second offered (0: closed loop)")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds of unrecorded warm-up")
