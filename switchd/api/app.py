@@ -512,27 +512,39 @@ class ProvisioningAPI:
         return self.call_registry.active() if self.call_registry is not None else []
 
     async def list_calls(self, request, principal):
+        """Calls up on this node, a page at a time in call id order (``limit``, ``cursor``)."""
         errors, filters = [], {}
-        for name in ("account_id", "trunk_id"):
-            raw = request.args.get(name.encode())
-            if raw:
-                value = raw[-1].decode("utf-8", "replace")
+        limit, cursor = self.page_size, None
+        for raw_name, raw_values in request.args.items():
+            name = raw_name.decode("utf-8", "replace")
+            value = raw_values[-1].decode("utf-8", "replace")
+            if name in ("account_id", "trunk_id"):
                 if not value.isdigit() or len(value) > 19 or not 1 <= int(value) <= MAX_ID:
                     errors.append({"field": name, "message": f"must be an integer from 1 to {MAX_ID}"})
                 else:
                     filters[name] = int(value)
-        unknown = [k.decode("utf-8", "replace") for k in request.args if k not in (b"account_id", b"trunk_id")]
-        errors += [{"field": name, "message": "unknown query parameter"} for name in unknown]
+            elif name == "limit":
+                if not value.isdigit() or not 1 <= int(value) <= 1000:
+                    errors.append({"field": "limit", "message": "must be an integer from 1 to 1000"})
+                else:
+                    limit = int(value)
+            elif name == "cursor":
+                cursor = value
+            else:
+                errors.append({"field": name, "message": "unknown query parameter"})
         if errors:
             raise invalid(errors)
         visible = await self._visible_accounts(principal)
-        items = [
-            call.summary()
-            for call in self._calls_now()
-            if (visible is None or call.account_id in visible)
-            and all(getattr(call, k) == v for k, v in filters.items())
-        ]
-        return 200, {"items": items, "next_cursor": None}
+        calls = sorted(
+            (call for call in self._calls_now()
+             if (visible is None or call.account_id in visible)
+             and (cursor is None or call.id > cursor)
+             and all(getattr(call, k) == v for k, v in filters.items())),
+            key=lambda call: call.id,
+        )
+        page = calls[:limit]
+        next_cursor = page[-1].id if len(calls) > limit else None
+        return 200, {"items": [call.summary() for call in page], "next_cursor": next_cursor}
 
     async def _find_call(self, principal, call_id: str):
         visible = await self._visible_accounts(principal)

@@ -836,6 +836,9 @@ def document() -> dict[str, Any]:
             "parameters": [
                 {"name": "account_id", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
                 {"name": "trunk_id", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                 "description": "``next_cursor`` of the previous page (calls are in id order)."},
             ],
             "responses": {
                 "200": {
@@ -843,7 +846,7 @@ def document() -> dict[str, Any]:
                     "content": {"application/json": {"schema": {
                         "type": "object",
                         "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Call"}},
-                                       "next_cursor": {"type": "null"}},
+                                       "next_cursor": {"type": ["string", "null"]}},
                         "required": ["items", "next_cursor"],
                     }}},
                 },

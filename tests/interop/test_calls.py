@@ -250,6 +250,15 @@ def test_answered_calls_survive_a_crash_with_exactly_one_cdr(network, tmp_path):
             "five answered calls",
         )
         ids = {c["id"] for c in calls}
+        # Paged in id order: 2 + 2 + 1, each once.
+        paged, cursor = [], None
+        for _ in range(3):
+            status, page = network.api("GET", "/v1/calls?limit=2" + (f"&cursor={cursor}" if cursor else ""))
+            assert status == 200
+            paged += [c["id"] for c in page["items"]]
+            cursor = page["next_cursor"]
+        assert paged == sorted(ids) and cursor is None
+        assert network.api("GET", "/v1/calls?limit=0")[0] == 422
         network.daemon.stop(signal.SIGKILL)
         network.daemon.start(expect=("api", "sip"))
         cdrs = network.wait_cdrs(5)
