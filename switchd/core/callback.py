@@ -70,6 +70,7 @@ class CallbackRequest:
     reference: str = ""
     language: str = "en"
     ivr: bool = False  # after user2's call (or its failure) user1 may dial another number
+    line_caller: bool = False  # external line mode: without caller ids both legs show the trunk's own number
 
 
 class CallbackRefused(Exception):
@@ -391,7 +392,7 @@ class CallbackEngine:
         auth2 = await self._authorize(request.service_id, number)
         if callback.state == "ended":
             return
-        caller = request.caller_id2 or request.user1
+        caller = request.caller_id2 or ("" if request.line_caller else request.user1)
         call2 = self._call(callback, auth2, number, caller)
         leg2 = await self.originator.dial(call2, callback._media, "b", caller_id=caller, ring_seconds=self.ring_seconds)
         if callback.state == "ended":

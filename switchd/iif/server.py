@@ -308,6 +308,7 @@ class IifServer(DatagramProtocol):
             max_seconds=request.duration,
             caller_id1=caller,
             caller_id2=caller,
+            line_caller=caller is None and peer.external_line_mode,
             ann_id1=request.ann_id1,
             ann_id2=request.ann_id2,
             ann_digit2=request.ann_digit2,

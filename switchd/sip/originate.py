@@ -122,7 +122,9 @@ class OutboundLeg:
         params = () if destination.transport == "udp" else (("transport", destination.transport),)
         request = Request("INVITE", URI("sip", destination.host, candidate.number, None, destination.port, params))
         request.add("Max-Forwards", "70")
-        request.add("From", Address(URI("sip", local_host, self.caller_id or "anonymous")).with_tag(new_tag()))
+        # Without a caller id, the trunk's own number (an external line) rather than anonymous.
+        caller = self.caller_id or o.line_number(candidate.trunk_id) or "anonymous"
+        request.add("From", Address(URI("sip", local_host, caller)).with_tag(new_tag()))
         request.add("To", Address(URI("sip", destination.host, candidate.number)))
         request.add("Call-ID", ids.token_hex(16))
         request.add("CSeq", "1 INVITE")
@@ -329,6 +331,7 @@ class Originator:
         on_answer: Callable[[Call], Awaitable[Any]],
         on_end: Callable[[Call], Awaitable[Any]],
         user_agent: str = "switchd",
+        line_number: Callable[[int | None], str | None] = lambda trunk_id: None,
     ) -> None:
         self.clock = clock
         self.layer = layer
@@ -339,6 +342,7 @@ class Originator:
         self.on_answer = on_answer
         self.on_end = on_end
         self.user_agent = user_agent
+        self.line_number = line_number
         self.dialogs: dict[DialogId, OutboundLeg] = {}
 
     async def dial(

@@ -301,6 +301,7 @@ class SIPService(Service):
             self.router,
             contact=lambda d: self.transport.via_host(d.transport, d.host),
             media_policy=lambda trunk_id: self.trunks.media_policy(trunk_id),
+            line_number=lambda trunk_id: self.trunks.line_number(trunk_id),
             on_answer=self._on_answer,
             on_end=self._on_end,
             user_agent=sip.user_agent,

@@ -507,6 +507,15 @@ class TrunkManager:
         s = self.identify(host)
         return s is not None and s.force_rport
 
+    def line_number(self, trunk_id: int | None) -> str | None:
+        """The trunk's own number (an external line): the user of a SIP connection of it
+        that registers, a registered one first; ``None`` for an IP-only trunk."""
+        lines = [s for s in self.settings.values()
+                 if s.trunk_id == trunk_id and s.auth_type == "registration" and s.auth_user]
+        lines.sort(key=lambda s: (getattr(self.registrations.get(s.connection_id), "state", "") != "registered",
+                                  s.connection_id))
+        return lines[0].auth_user if lines else None
+
     def media_policy(self, trunk_id: int | None) -> MediaPolicy:
         """COMEDIA, recording and bypass for a trunk: any of its SIP connections asking for one."""
         connections = [s for s in self.settings.values() if s.trunk_id == trunk_id]

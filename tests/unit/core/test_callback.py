@@ -68,7 +68,7 @@ class Router:
 
 
 class Harness:
-    def __init__(self, authz=None, refuse=None):
+    def __init__(self, authz=None, refuse=None, line_number=None):
         self.clock = Clock()
         self.clock.advance(1000)
         self.sent = []
@@ -89,7 +89,8 @@ class Harness:
         self.originator = Originator(self.clock, self.layer, self.registry, self.router,
                                      contact=lambda d: ("203.0.113.1", 5060),
                                      media_policy=lambda trunk_id: MediaPolicy(),
-                                     on_answer=on_answer, on_end=on_end)
+                                     on_answer=on_answer, on_end=on_end,
+                                     line_number=lambda trunk_id: line_number)
         self.media = MediaManager(self.clock, self.relay, advertise="127.0.0.1", recordings_dir="/nonexistent",
                                   run_in_thread=lambda f: succeed(f()), trunk_policy=lambda t: MediaPolicy(),
                                   now=lambda: None)
@@ -193,6 +194,29 @@ def test_user1_then_user2_are_called_bridged_and_the_talk_time_is_reported(h):
     assert h.relay.sessions == {}
     states = [e.state for e in h.events]
     assert states == ["dialing1", "answered1", "dialing2", "answered2", "bridged", "ended"]
+
+
+@pytest.mark.parametrize("line_number", ["442071230000", None])
+def test_external_line_mode_shows_the_trunks_own_number_on_both_legs(line_number):
+    h = Harness(line_number=line_number)
+    try:
+        h.start(line_caller=True)
+        invite1 = h.answer(U1, 200, "OK", sdp(0, 30000))
+        invite2 = h.take(U2, "INVITE")[0]
+        shown = line_number or "anonymous"  # an IP-only trunk has no number of its own
+        assert invite1.from_addr.uri.user == shown and invite2.from_addr.uri.user == shown
+    finally:
+        h.close()
+
+
+def test_a_caller_id_wins_over_the_trunks_own_number():
+    h = Harness(line_number="442071230000")
+    try:
+        h.start(caller_id1="777", caller_id2="778")
+        invite1 = h.answer(U1, 200, "OK", sdp(0, 30000))
+        assert invite1.from_addr.uri.user == "777" and h.take(U2, "INVITE")[0].from_addr.uri.user == "778"
+    finally:
+        h.close()
 
 
 def test_user1_busy_means_no_second_call(h):

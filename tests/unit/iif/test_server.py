@@ -129,11 +129,13 @@ def test_external_line_mode_uses_the_trunks_number_unless_a_default_caller_is_se
     server, engine, _, _ = make()
     server.datagramReceived(request(), AS2)
     assert (engine.started[0].request.caller_id1, engine.started[0].request.caller_id2) == (None, None)
+    assert engine.started[0].request.line_caller is True
     assert engine.started[0].request.service_id == 4
     with_caller = IifPeer("192.0.2.11", 7000, service_id=4, default_caller="777", external_line_mode=True)
     server, engine, _, _ = make(peers=[with_caller])
     server.datagramReceived(request(), AS2)
     assert (engine.started[0].request.caller_id1, engine.started[0].request.caller_id2) == ("777", "777")
+    assert engine.started[0].request.line_caller is False
 
 
 @pytest.mark.parametrize("outcome", ["user1_busy", "user1_no_answer", "user2_failed", "cancelled", "failed"])
