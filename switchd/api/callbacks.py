@@ -178,6 +178,9 @@ class CallbacksAPI:
         language = body.get("language", "en")
         if language not in ("en", "es", "fr", "vi", "zh"):
             errors.append({"field": "language", "message": "must be one of en, es, fr, vi, zh"})
+        ivr = body.get("ivr", False)
+        if not isinstance(ivr, bool):
+            errors.append({"field": "ivr", "message": "must be true or false"})
         url = body.get("status_url")
         if url is not None and not (isinstance(url, str) and re.match(r"^https?://[^\s]{1,2000}$", url)):
             errors.append({"field": "status_url", "message": "must be an http or https URL"})
@@ -186,7 +189,7 @@ class CallbacksAPI:
         request = CallbackRequest(
             service_id=service_id, user1=a, user2=b, max_seconds=max_seconds, caller_id1=caller_a,
             caller_id2=caller_b, ann_id1=announcements["announcement_a"], ann_id2=announcements["announcement_b"],
-            ann_digit2=digits, source="http", language=language,
+            ann_digit2=digits, source="http", language=language, ivr=ivr is True,
         )
         return service_id, request, url
 

@@ -335,9 +335,10 @@ def _callback_paths(schemas: dict[str, Any]) -> dict[str, Any]:
             "started": {"type": "number"},
             "language": {"type": "string", "enum": ["en", "es", "fr", "vi", "zh"],
                          "description": "Language of the prompts (user1 may change it in the IVR)."},
+            "ivr": {"type": "boolean", "description": "user1 may dial another number after each call."},
         },
         "required": ["id", "state", "outcome", "user1", "user2", "max_seconds", "real_duration", "source",
-                     "reference", "account_id", "started", "language"],
+                     "reference", "account_id", "started", "language", "ivr"],
     }
     callback_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{1,64}$"}}
     return {
@@ -398,6 +399,8 @@ def _callback_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                         "announcement_a": announcement, "announcement_b": announcement,
                         "digits_b": {"type": "string", "pattern": "^[0-9*#]{1,32}$"},
                         "language": {"type": "string", "enum": ["en", "es", "fr", "vi", "zh"]},
+                        "ivr": {"type": "boolean", "default": False,
+                                "description": "After b's call (or its failure) a may dial another number."},
                         "status_url": {"type": "string", "format": "uri", "maxLength": 2008},
                     },
                     "required": ["service_id", "a", "b"],

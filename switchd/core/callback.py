@@ -160,6 +160,7 @@ class Callback:
             "account_id": self.account_id,
             "started": self.started,
             "language": self.language,
+            "ivr": r.ivr,
         }
 
 
@@ -200,28 +201,36 @@ class CallbackEngine:
                "failed": "The call could not be completed.", "refused": "This number cannot be called.",
                "balance": "Your balance is {amount} {currency}.", "goodbye": "Goodbye.",
                "max": "You can talk for up to {minutes} minutes.", "language": "English.",
+               "max_one": "You can talk for up to 1 minute.",
+               "max_seconds": "You can talk for up to {seconds} seconds.",
                "topup": "{amount} {currency} added. Your balance is {balance} {currency}.", "topup_failed": "This PIN cannot be used."},
         "es": {"ask": "Marque el número al que desea llamar, seguido de la tecla numeral.",
                "busy": "El número está ocupado.", "no_answer": "No contesta.",
                "failed": "No se pudo completar la llamada.", "refused": "No se puede llamar a este número.",
                "balance": "Su saldo es {amount} {currency}.", "goodbye": "Adiós.",
                "max": "Puede hablar hasta {minutes} minutos.", "language": "Español.",
+               "max_one": "Puede hablar hasta 1 minuto.", "max_seconds": "Puede hablar hasta {seconds} segundos.",
                "topup": "Se añadieron {amount} {currency}. Su saldo es {balance} {currency}.", "topup_failed": "Este PIN no se puede usar."},
         "fr": {"ask": "Composez le numéro que vous souhaitez appeler, suivi de la touche dièse.",
                "busy": "Le numéro est occupé.", "no_answer": "Il n'y a pas de réponse.",
                "failed": "L'appel n'a pas pu aboutir.", "refused": "Ce numéro ne peut pas être appelé.",
                "balance": "Votre solde est de {amount} {currency}.", "goodbye": "Au revoir.",
                "max": "Vous pouvez parler jusqu'à {minutes} minutes.", "language": "Français.",
+               "max_one": "Vous pouvez parler jusqu'à 1 minute.",
+               "max_seconds": "Vous pouvez parler jusqu'à {seconds} secondes.",
                "topup": "{amount} {currency} ajoutés. Votre solde est de {balance} {currency}.", "topup_failed": "Ce code ne peut pas être utilisé."},
         "vi": {"ask": "Vui lòng nhập số bạn muốn gọi, sau đó nhấn phím thăng.",
                "busy": "Số máy đang bận.", "no_answer": "Không có người trả lời.",
                "failed": "Không thể thực hiện cuộc gọi.", "refused": "Không thể gọi số này.",
                "balance": "Số dư của bạn là {amount} {currency}.", "goodbye": "Tạm biệt.",
                "max": "Bạn có thể nói chuyện tối đa {minutes} phút.", "language": "Tiếng Việt.",
+               "max_one": "Bạn có thể nói chuyện tối đa 1 phút.",
+               "max_seconds": "Bạn có thể nói chuyện tối đa {seconds} giây.",
                "topup": "Đã nạp {amount} {currency}. Số dư của bạn là {balance} {currency}.", "topup_failed": "Không thể dùng mã PIN này."},
         "zh": {"ask": "请输入您要拨打的号码，然后按井号键。", "busy": "对方忙。", "no_answer": "无人接听。",
                "failed": "呼叫无法接通。", "refused": "无法拨打此号码。", "balance": "您的余额是 {amount} {currency}。",
                "goodbye": "再见。", "max": "您最多可以通话 {minutes} 分钟。", "language": "中文。",
+               "max_one": "您最多可以通话 1 分钟。", "max_seconds": "您最多可以通话 {seconds} 秒。",
                "topup": "已充值 {amount} {currency}。您的余额是 {balance} {currency}。", "topup_failed": "此密码无法使用。"},
     }
 
@@ -571,10 +580,15 @@ class CallbackEngine:
             return
         self._arm_timer(callback)
         if callback.max_seconds is not None and callback.user1_answered_at is not None:
-            left = callback.user1_answered_at + callback.max_seconds - self.clock.seconds()
-            minutes = max(1, int(left // 60))
-            self._play(callback, "a", [("text", self._words(callback)["max"].format(minutes=minutes))],
-                       interruptible=True)
+            left = int(callback.user1_answered_at + callback.max_seconds - self.clock.seconds())
+            words = self._words(callback)
+            if left < 60:  # never promise more than is left
+                text = words["max_seconds"].format(seconds=max(1, left))
+            elif left < 120:
+                text = words["max_one"]
+            else:
+                text = words["max"].format(minutes=left // 60)
+            self._play(callback, "a", [("text", text)], interruptible=True)
         self._dial_user2(callback, number, rate)
 
     async def _topup(self, callback: Callback, pin: str) -> None:

@@ -193,6 +193,7 @@ class SmsCallback(Service):
             caller_id1=access_number or None,
             source="sms",
             reference=sender,
+            ivr=True,  # the callback IVR comes with SMS callback: another number after each call
             language=client.language_at(await self._access_language(access_number)),
         )
         try:

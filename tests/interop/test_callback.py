@@ -4,6 +4,7 @@ and waits) and user2 (127.0.0.4, answers and hangs up after 3 s)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 import subprocess
@@ -91,6 +92,20 @@ def net(tmp_path):
     network.close()
 
 
+@pytest.fixture
+def ivr_net(tmp_path):
+    """SMS callbacks run the IVR after user2's call: it waits 1 s for digits instead of 15."""
+    network = CallbackNetwork(tmp_path, env={"SWITCHD_CALLBACK_FIRST_DIGIT_SECONDS": "1"})
+    yield network
+    network.close()
+
+
+def user1_stayed_in_the_ivr(cdrs: list[dict]) -> bool:
+    """user1's leg ended well after user2's: the IVR asked for another number first."""
+    ends = {c["callee"]: datetime.datetime.fromisoformat(c["end_time"].replace("Z", "+00:00")) for c in cdrs}
+    return (ends[USER1] - ends[USER2]).total_seconds() >= 2
+
+
 @pytest.mark.slow
 def test_iif_request_calls_both_users_and_reports_the_talk_time(net, tmp_path):
     net.send(f"REQUEST: id=as-1;user1={USER1};user2={USER2};duration=600;")
@@ -159,6 +174,7 @@ def test_click_to_dial_over_http_with_status_callbacks(net, tmp_path):
             created = json.loads(answer.read())
         with urllib.request.urlopen(request, timeout=10) as answer:  # retried: the same callback
             assert json.loads(answer.read())["id"] == created["id"]
+        assert created["ivr"] is False  # click-to-dial ends with b's call unless "ivr": true
         events = net.api.wait_for(
             lambda: e if (e := net.api("GET", f"/v1/callbacks/{created['id']}/events")[1])["outcome"] else None,
             "the callback to end", timeout=30)
@@ -174,8 +190,8 @@ def test_click_to_dial_over_http_with_status_callbacks(net, tmp_path):
         # A callback that does not exist, and one of another customer's service.
         assert net.api("DELETE", f"/v1/callbacks/{created['id']}")[0] == 409  # already over
         assert net.api("GET", "/v1/callbacks/00ff")[0] == 404
-        status, problem = net.api("POST", "/v1/callbacks", {"service_id": service_id, "a": "x"})
-        assert status == 422 and {e["field"] for e in problem["errors"]} >= {"a", "b"}
+        status, problem = net.api("POST", "/v1/callbacks", {"service_id": service_id, "a": "x", "ivr": "yes"})
+        assert status == 422 and {e["field"] for e in problem["errors"]} >= {"a", "b", "ivr"}
     finally:
         hooks.shutdown()
 
@@ -217,7 +233,8 @@ def test_ani_callback_refuses_the_call_calls_back_and_the_ivr_takes_the_number(t
 
 
 @pytest.mark.slow
-def test_sms_callback_commands_over_http(net, tmp_path):
+def test_sms_callback_commands_over_http(ivr_net, tmp_path):
+    net = ivr_net
     api = net.api
     client = api.post("/v1/callback-clients", {"service_id": net.service["id"], "login": "bob", "password": "pw"})
     api.post("/v1/phone-directory", {"client_id": client["id"], "position": 1, "name": "Office", "number": USER2})
@@ -247,20 +264,22 @@ def test_sms_callback_commands_over_http(net, tmp_path):
     assert sms(USER1, "B.nobody") == "no directory entry nobody"
     assert sms(USER1, "hello") == "cannot read 'hello'; fields look like D.number"
     assert sms(USER1, "b.office") == f"calling {USER1}, then {USER2}"
-    cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=30)
+    cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=60)
     assert {c["callee"] for c in cdrs} == {USER1, USER2}
+    assert user1_stayed_in_the_ivr(cdrs), cdrs
     # bob has no language: the access number's. Once he has one, his own wins.
     assert f"(sms {USER1}) calls {USER1}, prompts in vi" in (tmp_path / "switchd.log").read_text()
     assert api("PATCH", f"/v1/callback-clients/{client['id']}", {"language": "fr"})[0] == 200
     assert sms(USER1, "N1") == f"calling {USER1}, then {USER2}"
-    api.wait_for(lambda: c if len(c := net.cdrs()) == 4 else None, "four callback CDRs", timeout=30)
+    api.wait_for(lambda: c if len(c := net.cdrs()) == 4 else None, "four callback CDRs", timeout=60)
     assert f"(sms {USER1}) calls {USER1}, prompts in fr" in (tmp_path / "switchd.log").read_text()
     assert api("POST", "/v1/callbacks/sms", {"from": USER1, "to": "4400000000", "text": "I"})[0] == 404
 
 
 @pytest.mark.slow
-def test_sms_callback_over_smpp_from_an_upstream_link(net, tmp_path):
+def test_sms_callback_over_smpp_from_an_upstream_link(ivr_net, tmp_path):
     """Texts to the access number arrive as MO from an upstream SMSC; replies go back through it."""
+    net = ivr_net
     smsc = FakeSmsc(receipts=False)
     try:
         api = net.api
@@ -285,8 +304,9 @@ def test_sms_callback_over_smpp_from_an_upstream_link(net, tmp_path):
         smsc.wait(lambda: (USER1, b"unknown field X.; use U. P. D. O. R. B. N T or I") in replies(), "the error reply")
         smsc.send_mo(USER1, "4415550002", b"N1")
         smsc.wait(lambda: (USER1, f"calling {USER1}, then {USER2}".encode()) in replies(), "the reply to N1")
-        cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=30)
+        cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=60)
         assert {c["callee"] for c in cdrs} == {USER1, USER2}
+        assert user1_stayed_in_the_ivr(cdrs), cdrs
         assert all(a.status == 0 for a in smsc.answered)  # every MO acknowledged
     finally:
         smsc.close()
