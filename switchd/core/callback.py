@@ -291,8 +291,12 @@ class CallbackEngine:
             max_seconds = self._limit(request, auth1, auth2.rate)
             if max_seconds is not None and max_seconds <= 0:
                 raise CallbackRefused("insufficient funds for both calls", 402)
-        elif auth1.max_seconds is not None and auth1.max_seconds <= 0:
-            raise CallbackRefused("insufficient funds", 402)
+        elif auth1.max_seconds is not None:
+            if auth1.max_seconds <= 0:
+                raise CallbackRefused("insufficient funds", 402)
+            # Until a number is keyed, user1's leg alone runs on the money (the IVR
+            # may be kept busy with the balance code): it is limited as well.
+            max_seconds = min(max_seconds or auth1.max_seconds, auth1.max_seconds)
         lease = self.acquire_account(auth1.account_id, auth1.call_limit, auth1.cps_limit)
         if not getattr(lease, "release", None):
             raise CallbackRefused("the account is at its call limit", 503)
@@ -389,7 +393,10 @@ class CallbackEngine:
         if callback.max_seconds is None or callback.user1_answered_at is None:
             return
         left = callback.user1_answered_at + callback.max_seconds - self.clock.seconds()
-        callback._timer = self.clock.callLater(max(0.0, left), self._finish, callback, "completed", "max duration")
+        callback._timer = self.clock.callLater(max(0.0, left), self._time_up, callback)
+
+    def _time_up(self, callback: Callback) -> None:
+        self._finish(callback, self._ended_outcome(callback), "max duration")
 
     def _dial_user2(self, callback: Callback, number: str, rate2: Any) -> None:
         callback.user2 = number

@@ -311,6 +311,27 @@ def test_the_ivr_asks_user1_for_the_number_and_comes_back_after_each_call():
         h.close()
 
 
+def test_user1_waiting_in_the_ivr_is_limited_by_the_money_for_its_own_leg():
+    h = Harness(authz=Authz(available=Decimal("1"), max_seconds=100))
+    try:
+        async def balance(account_id):
+            return Decimal("1"), "EUR"
+
+        h.engine.balance = balance
+        callback = h.start(user2=None, ivr=True)
+        h.answer(U1, 200, "OK", sdp(8))
+        assert callback.max_seconds == 100
+        for _ in range(9):  # the balance code asks again without using up an attempt
+            h.clock.advance(10)
+            press(h, callback, "111#")
+        assert callback.state == "collecting"
+        h.clock.advance(10)
+        assert callback.done.result.outcome == "cancelled" and h.take(U1, "BYE")
+        assert callback.events[-1]["detail"] == "cancelled: max duration"
+    finally:
+        h.close()
+
+
 def test_the_ivr_gives_up_after_three_empty_attempts():
     h = Harness()
     try:
