@@ -52,6 +52,13 @@ def load_access_numbers(conn, number: str | None = None) -> dict[str, AccessNumb
     return {row.number.lstrip("+"): AccessNumber(row.id, row.account_id, row.language) for row in rows}
 
 
+class LoginGuard(vouchers.RedeemGuard):
+    """The same brake on guessing ``U.login P.password``: 5 wrong passwords per login and
+    per sender number in 15 minutes, then refused until a try is back."""
+
+    FAILURES = "sms-login-failures"
+
+
 class SmsCallback(Service):
     """Also a service: it re-reads the access numbers every ``reload_seconds`` so
     that the message engine can tell a command from a message without a query."""
@@ -68,7 +75,9 @@ class SmsCallback(Service):
         self.access: dict[str, AccessNumber] = {}
         self.handled = 0
         # Without the node's shared limiter, a limiter of its own: SMS guesses are braked all the same.
-        self.guard = vouchers.RedeemGuard(limiter if limiter is not None else RateLimiter(clock), clock)
+        limiter = limiter if limiter is not None else RateLimiter(clock)
+        self.guard = vouchers.RedeemGuard(limiter, clock)
+        self.login_guard = LoginGuard(limiter, clock)
         self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
@@ -126,7 +135,16 @@ class SmsCallback(Service):
         except CommandError as error:
             return error.reason
         if command.login is not None:
-            client = await self.db.run(clients.by_login, command.login, command.password)
+            keys = (("login", command.login.lower()), ("sender", sender))
+            wait = self.login_guard.admit(keys)
+            if wait:
+                return f"too many wrong passwords; try again in {max(1, math.ceil(wait / 60))} min"
+            wrong = False
+            try:
+                client = await self.db.run(clients.by_login, command.login, command.password)
+                wrong = client is None
+            finally:
+                self.login_guard.done(keys, wrong)
             if client is None:
                 return "wrong login or password"
         else:

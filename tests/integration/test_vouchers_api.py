@@ -356,3 +356,24 @@ async def test_the_sms_command_tops_up_the_clients_account(world, database, cloc
         assert await sms.handle("447700900001", "4415550000", "T." + "9" * 16) == "wrong voucher PIN"
     assert await sms.handle("447700900001", "4415550000", "T." + "9" * 16) == (
         "too many wrong vouchers; try again in 3 min")
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_sms_passwords_are_braked_per_login_and_per_sender(world, database, clock):
+    account, _ = world.customer("Guessed")
+    plan = world.post("/v1/tariff-plans", {"name": "guess plan", "currency": "EUR"})
+    service = world.post("/v1/services", {"account_id": account["id"], "type": "api", "tariff_plan_id": plan["id"]})
+    world.post("/v1/callback-clients", {"service_id": service["id"], "login": "carol", "password": "right"})
+    world.post(f"/v1/accounts/{account['id']}/transactions", {"kind": "topup", "amount": "3"})
+    sms = SmsCallback(database, clock, engine=None, limiter=RateLimiter(clock))
+    for n in range(5):
+        assert await sms.handle(f"44770090010{n}", "4415550000", f"U.carol P.guess{n} I") == "wrong login or password"
+    # Five wrong passwords for carol from five numbers: her login is braked, even with the right one.
+    assert await sms.handle("447700900199", "4415550000", "U.Carol P.right I") == (
+        "too many wrong passwords; try again in 3 min")
+    clock.advance(180)  # one try is back
+    assert await sms.handle("447700900199", "4415550000", "U.carol P.right I") == "balance 3.00 EUR"
+    # One sender guessing many logins is braked too.
+    for n in range(5):
+        assert await sms.handle("447700900200", "4415550000", f"U.nobody{n} P.x I") == "wrong login or password"
+    assert (await sms.handle("447700900200", "4415550000", "U.carol P.right I")).startswith("too many wrong passwords")
