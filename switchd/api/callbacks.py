@@ -253,7 +253,11 @@ class CallbacksAPI:
         body = self.api._body(request)
         if not isinstance(body, dict):
             raise invalid([{"field": "", "message": "expected a JSON object"}])
-        errors = [{"field": name, "message": "unknown field"} for name in sorted(set(body) - {"from", "to", "text"})]
+        errors = [{"field": name, "message": "unknown field"}
+                  for name in sorted(set(body) - {"from", "to", "text", "send_reply"})]
+        send_reply = body.get("send_reply", True)
+        if not isinstance(send_reply, bool):
+            errors.append({"field": "send_reply", "message": "must be true or false"})
         for name in ("from", "to"):
             value = body.get(name)
             if not isinstance(value, str) or not NUMBER.match(value):
@@ -269,7 +273,8 @@ class CallbacksAPI:
         if not await self.api.db.run(access_number_visible, body["to"], customer):
             raise Problem(404, f"{body['to']} is not an access number of a callback service of yours")
         reply = await self.sms.handle(body["from"], body["to"], text)
-        return 200, {"to": body["from"], "from": body["to"], "reply": reply}
+        sent = send_reply is True and await self.sms.reply_by_sms(body["from"], body["to"], reply)
+        return 200, {"to": body["from"], "from": body["to"], "reply": reply, "sms_sent": sent}
 
     # -- read, drop ------------------------------------------------------------------
 

@@ -365,19 +365,24 @@ def _callback_paths(schemas: dict[str, Any]) -> dict[str, Any]:
                 "tags": ["callbacks"],
                 "summary": "An SMS received by a carrier or forwarder for a callback access number (seed 002)",
                 "description": "The text is a callback command (U.login P.password D.number O.number, "
-                               "R.number, B.name, N<k>, T.pin, I). The answer holds the reply to send back.",
+                               "R.number, B.name, N<k>, T.pin, I). The reply goes to the sender by SMS "
+                               "(unless send_reply is false) and is in the answer.",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "object",
                     "additionalProperties": False,
-                    "properties": {"from": number, "to": number, "text": {"type": "string", "maxLength": 1000}},
+                    "properties": {"from": number, "to": number, "text": {"type": "string", "maxLength": 1000},
+                                   "send_reply": {"type": "boolean", "default": True,
+                                                  "description": "false: the forwarder sends the reply itself."}},
                     "required": ["from", "to", "text"],
                 }}}},
                 "responses": {
                     "200": {"description": "Handled; the reply text", "content": {"application/json": {"schema": {
                         "type": "object",
                         "properties": {"to": {"type": "string"}, "from": {"type": "string"},
-                                       "reply": {"type": "string"}},
-                        "required": ["to", "from", "reply"]}}}},
+                                       "reply": {"type": "string"},
+                                       "sms_sent": {"type": "boolean",
+                                                    "description": "The reply SMS was accepted for sending."}},
+                        "required": ["to", "from", "reply", "sms_sent"]}}}},
                     **_problem_responses(400, 401, 404, 409, 413, 415, 422),
                 },
             },

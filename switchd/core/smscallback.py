@@ -99,6 +99,11 @@ class SmsCallback(Service):
         d.addCallbacks(loaded, lambda f: self.log.failure("cannot read the callback access numbers", f))
         return d
 
+    def access_account(self, number: str) -> int | None:
+        """The account of the callback service whose access number ``number`` is, if it is one."""
+        found = self.access.get(number.lstrip("+"))
+        return found.account_id if found is not None else None
+
     def consume(self, source: str, destination: str, text: str) -> bool:
         """A text to an access number: act on it and reply by SMS; True if it was one."""
         found = self.access.get(destination.lstrip("+"))
@@ -110,8 +115,22 @@ class SmsCallback(Service):
 
     async def _answer(self, source: str, destination: str, text: str, service_id: int, account_id: int) -> None:
         reply = await self.handle(source, destination, text)
+        await self._send_reply(source, destination, reply, service_id, account_id)
+
+    async def reply_by_sms(self, source: str, access_number: str, reply: str) -> bool:
+        """Send ``reply`` to ``source`` from the access number (a text that came by HTTP); True once stored."""
+        number = access_number.lstrip("+")
+        found = self.access.get(number)
+        if found is None:
+            found = (await self.db.read(load_access_numbers, number)).get(number)
+        if found is None:
+            return False
+        return await self._send_reply(source, access_number, reply, found.service_id, found.account_id)
+
+    async def _send_reply(self, source: str, destination: str, reply: str, service_id: int, account_id: int) -> bool:
+        """The reply, by SMS from the access number through the access service's routes."""
         if self.messages is None or not reply:
-            return
+            return False
         from ..sms.engine import MessageOrigin, MessageRefused, Submission
         from ..smpp.gsm import choose_coding
 
@@ -123,6 +142,8 @@ class SmsCallback(Service):
             )
         except MessageRefused as refused:
             self.log.warn("cannot reply by SMS to {to}: {reason}", to=source, reason=refused.reason)
+            return False
+        return True
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)

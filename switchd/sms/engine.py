@@ -487,9 +487,17 @@ class MessageEngine(Service):
         """
         self._validate(submission)
         body = message_text(submission.content, submission.data_coding, submission.esm_class)
-        if self.commands is not None and self.commands.consume(submission.source, submission.destination, body):
-            # A text to a callback access number is a command for switchd, not a message to send on.
-            return Accepted(message_id=str(uuid.uuid4()), parts=1)
+        if self.commands is not None:
+            owner = self.commands.access_account(submission.destination)
+            if owner is not None:
+                # A text to a callback access number is a command for switchd, not a message to
+                # send on; a customer's system may only send to its own account's access numbers,
+                # as the source number it gives is not proof of who is texting.
+                if owner != origin.account_id:
+                    raise MessageRefused(pdu.ESME_RINVDSTADR, 403,
+                                         "the access number belongs to another account")
+                self.commands.consume(submission.source, submission.destination, body)
+                return Accepted(message_id=str(uuid.uuid4()), parts=1)
         now = self.now()
         scheduled, expires = self._times(submission, now)
         if self.batcher.pending >= self.max_pending:

@@ -302,8 +302,17 @@ def test_sms_callback_over_smpp_from_an_upstream_link(ivr_net, tmp_path):
         smsc.wait(lambda: (USER1, f"{USER1} registered".encode()) in replies(), "the reply to R.")
         smsc.send_mo(USER1, "4415550002", b"X.1")
         smsc.wait(lambda: (USER1, b"unknown field X.; use U. P. D. O. R. B. N T or I") in replies(), "the error reply")
+        # The same commands posted by an SMS forwarder over HTTP: the reply goes by SMS as well,
+        # unless the forwarder sends it itself.
+        status, body = api("POST", "/v1/callbacks/sms", {"from": USER1, "to": "4415550002", "text": "B.nobody"})
+        assert (status, body["reply"], body["sms_sent"]) == (200, "no directory entry nobody", True)
+        smsc.wait(lambda: (USER1, b"no directory entry nobody") in replies(), "the reply to B. by SMS")
+        status, body = api("POST", "/v1/callbacks/sms", {"from": USER1, "to": "4415550002", "text": "B.none",
+                                                         "send_reply": False})
+        assert (status, body["reply"], body["sms_sent"]) == (200, "no directory entry none", False)
         smsc.send_mo(USER1, "4415550002", b"N1")
         smsc.wait(lambda: (USER1, f"calling {USER1}, then {USER2}".encode()) in replies(), "the reply to N1")
+        assert (USER1, b"no directory entry none") not in replies()
         cdrs = api.wait_for(lambda: c if len(c := net.cdrs()) == 2 else None, "two callback CDRs", timeout=60)
         assert {c["callee"] for c in cdrs} == {USER1, USER2}
         assert user1_stayed_in_the_ivr(cdrs), cdrs
