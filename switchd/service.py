@@ -189,7 +189,7 @@ def build_sms_services(config: Config, reactor, db: Database, bus: EventBus, lim
     services = SmsServices(engine, http)
     engine.setServiceParent(services)
     links.setServiceParent(services)
-    StatusCallbacks(db, reactor, bus, http, registry=registry,
+    StatusCallbacks(db, reactor, bus, http, node=node, registry=registry,
                     settings_seconds=smpp.reload_seconds).setServiceParent(services)
     StatusSurvey(db, reactor, http, engine.apply_outcome, node=node, registry=registry).setServiceParent(services)
     if smpp.listen:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from .types import BigId, Money, UTCDateTime
@@ -392,6 +393,9 @@ cdrs = Table(
     Index("ix_cdrs_account_id_start_time", "account_id", "start_time"),
 )
 
+#: The messages of ``ix_sms_messages_callbacks_waiting``.
+_CALLBACKS_WAITING = "origin_kind = 'http' AND callbacks_sent < 2"
+
 sms_messages = Table(
     "sms_messages",
     metadata,
@@ -427,7 +431,13 @@ sms_messages = Table(
     Column("done_at", UTCDateTime(), nullable=True),
     _created(),
     _updated(),
+    # The status callbacks (HTTP origin) done, delivered or given up: 1 start,
+    # 2 end, 4 mo. A restart sends those due and not done.
+    Column("callbacks_sent", Integer, nullable=False, default=0, server_default=text("0")),
     Index("ix_sms_messages_account_id_id", "account_id", "id"),
+    # The messages whose end or MO callback is not done yet: what a restart looks at.
+    Index("ix_sms_messages_callbacks_waiting", "node", "id",
+          postgresql_where=text(_CALLBACKS_WAITING), sqlite_where=text(_CALLBACKS_WAITING)),
 )
 
 sms_parts = Table(

@@ -1,6 +1,8 @@
 """Status callbacks: payload versions, methods, auth, headers, signatures,
-retries with backoff and timeouts on task.Clock, concurrency, on a fake HTTP
-client; settings read from the real database."""
+retries with backoff until the age limit and timeouts on task.Clock,
+concurrency, records of callbacks done written in batches, recovery of those
+not done, on a fake HTTP client and a fake database; settings read from the
+real database."""
 
 from __future__ import annotations
 
@@ -17,12 +19,16 @@ from twisted.internet.task import Clock
 
 from switchd.api.auth import new_secret_hash
 from switchd.api.webhooks import (
+    SENT_BITS,
     Callback,
+    DueCallback,
     HttpSettings,
     StatusCallbacks,
     build_request,
+    due_callbacks,
     event_id,
     load_settings,
+    record_sent,
     sign,
 )
 from switchd.core.events import EventBus
@@ -56,14 +62,38 @@ class FakeHttp:
 
 
 class FakeDb:
+    """Settings by connection; records written (one list per statement); due callbacks to recover."""
+
     def __init__(self, settings: dict[int, HttpSettings]) -> None:
         self.settings = settings
         self.loads = 0
+        self.records: list[list[tuple[str, int]]] = []
+        self.failing = False  # record_sent fails
+        self.due: list[DueCallback] = []
+        self.queries: list[tuple] = []
 
-    def run(self, fn, connection_id):
+    def run(self, fn, *args):
+        if fn is record_sent:
+            if self.failing:
+                return fail(RuntimeError("database down"))
+            self.records.append(list(args[0]))
+            return succeed(None)
+        if fn is due_callbacks:
+            node, after, since, before, limit = args
+            self.queries.append(args)
+            done = self.recorded()
+            due = [d for d in self.due if d.pk > after and not done.get(d.event.message_id, 0) & SENT_BITS[d.kind]]
+            return succeed(due[:limit])
         assert fn is load_settings
         self.loads += 1
-        return succeed(self.settings.get(connection_id))
+        return succeed(self.settings.get(args[0]))
+
+    def recorded(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for batch in self.records:
+            for message_id, bits in batch:
+                out[message_id] = out.get(message_id, 0) | bits
+        return out
 
 
 def settings(**kw) -> HttpSettings:
@@ -86,7 +116,7 @@ class World:
         self.bus = EventBus()
         self.http = FakeHttp()
         self.db = FakeDb({5: settings(**kw)})
-        self.callbacks = StatusCallbacks(self.db, self.clock, self.bus, self.http, timeout=10, max_attempts=4,
+        self.callbacks = StatusCallbacks(self.db, self.clock, self.bus, self.http, node="node-1", timeout=10,
                                          max_in_flight=2)
         self.callbacks.startService()
 
@@ -169,22 +199,34 @@ def test_retries_with_backoff_and_a_stable_event_id():
     ids = {r["headers"]["webhook-id"] for r in world.http.requests}
     stamps = [r["headers"]["webhook-timestamp"] for r in world.http.requests]
     assert len(ids) == 1 and stamps == ["1800000100", "1800000101", "1800000103"]
-    assert world.callbacks.pending == 0
-    assert world.clock.getDelayedCalls() == []
+    assert world.callbacks.pending == 0 and world.callbacks._retries == {}
 
 
-def test_gives_up_after_max_attempts_and_without_repeat_tries_once():
+def test_retries_go_on_past_ten_attempts_until_the_age_limit_and_without_repeat_once():
     world = World(repeat=True)
+    world.callbacks.callback_max_age = 3600  # the event was at 1_800_000_000: 100 s before the first try
     world.bus.publish(changed())
-    for attempt in range(4):
-        world.http.answer(attempt, 500)
-        world.clock.advance(2 ** attempt)
-    assert len(world.http.requests) == 4 and world.callbacks.pending == 0
+    delays = []
+    while world.callbacks.pending:
+        world.http.answer(len(world.http.requests) - 1, 500)
+        if not world.callbacks._retries:
+            break
+        [(call, _)] = world.callbacks._retries.values()
+        delays.append(call.getTime() - world.clock.seconds())
+        world.clock.advance(delays[-1])
+    assert delays[:10] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 300] and set(delays[9:]) == {300}
+    assert len(world.http.requests) > 10
+    # The last try is the last one before the event is an hour old; then given up: recorded.
+    assert world.clock.seconds() + 300 > 1_800_000_000 + 3600 >= world.clock.seconds()
+    assert world.callbacks.pending == 0 and world.db.recorded() == {}
+    world.clock.advance(1)
+    assert world.db.recorded() == {"m0001": 2}
+    assert len({r["headers"]["webhook-id"] for r in world.http.requests}) == 1
     once = World()
     once.bus.publish(changed())
     once.http.answer(0, 500)
     once.clock.advance(3600)
-    assert len(once.http.requests) == 1
+    assert len(once.http.requests) == 1 and once.db.recorded() == {"m0001": 2}  # given up: done
 
 
 def test_timeout_counts_as_a_failure():
@@ -323,10 +365,11 @@ class SlowDb(FakeDb):
         super().__init__(settings)
         self.reads: list[Deferred] = []
 
-    def run(self, fn, connection_id):
-        assert fn is load_settings
+    def run(self, fn, *args):
+        if fn is not load_settings:
+            return super().run(fn, *args)
         d: Deferred = Deferred()
-        self.reads.append((d, self.settings.get(connection_id)))
+        self.reads.append((d, self.settings.get(args[0])))
         return d
 
 
@@ -368,3 +411,157 @@ def test_a_start_given_up_or_not_wanted_lets_the_end_go():
     assert json.loads(end["data"])["type"] == "end"
     quiet.http.answer(0)
     assert world.callbacks._lines == {} and quiet.callbacks._lines == {}
+
+
+# -- records of callbacks done --------------------------------------------------------------
+
+
+def test_done_callbacks_are_recorded_in_batches():
+    world = World()
+    for n in range(3):
+        world.bus.publish(changed(message_id=f"m{n}"))
+    world.http.answer(0)
+    world.http.answer(1)
+    world.http.answer(2, 500)  # no repeat: given up, done too
+    assert world.db.records == []  # nothing written per callback
+    world.clock.advance(1)
+    assert world.db.records == [[("m0", 2), ("m1", 2), ("m2", 2)]]
+    world.callbacks.flush_batch = 2  # a full batch goes at once
+    world.bus.publish(changed("ENROUTE", message_id="m7"))
+    world.bus.publish(mo(message_id="mo-7"))
+    world.http.answer(3)
+    assert len(world.db.records) == 1
+    world.http.answer(4)
+    assert world.db.records[1] == [("m7", 1), ("mo-7", 4)]
+
+
+def test_a_failed_write_is_tried_again_with_the_next_batch():
+    world = World()
+    world.db.failing = True
+    world.bus.publish(changed("ENROUTE"))
+    world.http.answer(0)
+    world.clock.advance(1)
+    assert world.db.records == [] and world.callbacks._unflushed == {"m0001": 1}
+    world.db.failing = False
+    world.bus.publish(changed("DELIVERED"))
+    world.http.answer(1)
+    world.clock.advance(1)
+    assert world.db.records == [[("m0001", 3)]] and world.callbacks._unflushed == {}
+
+
+def test_nothing_to_send_is_done_but_a_start_not_wanted_is_not_recorded():
+    world = World(start=False, end=False)
+    world.bus.publish(changed("ENROUTE"))
+    world.bus.publish(changed("DELIVERED"))
+    world.bus.publish(changed("DELIVERED", message_id="gone", connection_id=99))  # connection deleted
+    world.clock.advance(1)
+    assert world.http.requests == [] and world.db.recorded() == {"m0001": 2, "gone": 2}
+
+
+def test_stop_writes_what_is_waiting():
+    world = World()
+    world.bus.publish(changed())
+    world.http.answer(0)
+    done = []
+    world.callbacks.stopService().addCallback(done.append)
+    assert done == [None] and world.db.recorded() == {"m0001": 2}
+    assert world.clock.getDelayedCalls() == []
+
+
+def test_dropped_from_memory_is_not_recorded():
+    world = World(repeat=True)
+    world.callbacks.max_queue = 1  # one retry waits at most
+    world.bus.publish(changed(message_id="a"))
+    world.bus.publish(changed(message_id="b"))
+    world.http.answer(0, 500)
+    world.http.answer(1, 500)  # its retry pushes a's out
+    assert world.callbacks.sent.labels("dropped")._value.get() == 1
+    assert [c.event.message_id for _, c in world.callbacks._retries.values()] == ["b"]
+    world.clock.advance(1)
+    world.http.answer(2)
+    world.clock.advance(1)
+    assert world.db.recorded() == {"b": 2}  # a is left for recovery
+    assert "a" not in world.callbacks._lines
+
+
+# -- recovery ---------------------------------------------------------------------------------
+
+
+def due(pk: int, state: str = "DELIVERED", **kw) -> DueCallback:
+    kind = "end" if state != "ENROUTE" else "start"
+    return DueCallback(pk, kind, changed(state, message_id=f"r{pk}", **kw))
+
+
+def test_recovery_queues_what_is_due_and_skips_what_is_in_memory():
+    world = World(repeat=True)
+    world.callbacks.backoff_base = 100
+    world.bus.publish(changed(message_id="r2"))  # in memory: failing, retried in 100 s
+    world.http.answer(0, 500)
+    world.bus.publish(changed(message_id="r4"))  # delivered, its record not written yet
+    world.http.answer(1)
+    world.db.due = [due(1), due(2), due(3, "ENROUTE"), due(4), DueCallback(5, "mo", mo(message_id="r5"))]
+    world.callbacks.recover()
+    sent = [(json.loads(r["data"])["message_id"], json.loads(r["data"])["type"]) for r in world.http.requests[2:]]
+    assert sent == [("r1", "end"), ("r3", "start")]  # two in flight at most
+    world.http.answer(2)
+    assert json.loads(world.http.requests[4]["data"])["message_id"] == "r5"
+    assert world.http.requests[2]["headers"]["webhook-id"] == event_id("r1", "DELIVERED")
+    world.http.answer(3)
+    world.http.answer(4)
+    # The next pass: all recorded but r2, which still waits for its retry.
+    world.clock.advance(60)
+    assert len(world.http.requests) == 5
+    assert world.db.recorded() == {"r1": 2, "r3": 1, "r4": 2, "r5": 4}
+    node, after, since, before, limit = world.db.queries[-1]
+    assert node == "node-1" and after == 0 and limit == 1000
+    now = world.clock.seconds()
+    assert since.timestamp() == now - 86400 and before.timestamp() == now - 60
+
+
+def test_recovery_pages_by_id_and_keeps_within_max_queue():
+    world = World()
+    world.callbacks.recover_page = 2
+    world.callbacks.max_queue = 5
+    world.db.due = [due(pk) for pk in range(1, 11)]
+    world.callbacks.recover()
+    assert [q[1] for q in world.db.queries[-3:]] == [0, 2, 4]  # pages after the last id
+    assert world.callbacks.pending == 5 and len(world.http.requests) == 2
+    answered = 0
+    while answered < len(world.http.requests):
+        world.http.answer(answered)
+        answered += 1
+    assert answered == 5 and world.callbacks.pending == 0  # the rest on the next pass
+    world.clock.advance(60)
+    assert len(world.http.requests) == 7
+
+
+def test_recovery_skips_a_message_recorded_while_it_read():
+    world = World()
+    world.bus.publish(changed(message_id="r1"))
+    slow = SlowQueryDb(world.db)
+    world.callbacks.db = slow
+    world.db.due = [due(1)]
+    world.callbacks.recover()
+    world.http.answer(0)  # delivered (and recorded) while the query runs
+    world.clock.advance(1)
+    slow.finish()
+    assert len(world.http.requests) == 1
+
+
+class SlowQueryDb:
+    """Recovery queries that answer when the test says."""
+
+    def __init__(self, inner: FakeDb) -> None:
+        self.inner = inner
+        self.waiting: list[tuple[Deferred, tuple]] = []
+
+    def run(self, fn, *args):
+        if fn is due_callbacks:
+            d: Deferred = Deferred()
+            self.waiting.append((d, args))
+            return d
+        return self.inner.run(fn, *args)
+
+    def finish(self) -> None:
+        for d, args in self.waiting:
+            self.inner.run(due_callbacks, *args).addCallback(d.callback)
