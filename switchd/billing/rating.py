@@ -86,6 +86,7 @@ _AUTHORIZE = (
     select(
         services.c.status.label("service_status"),
         services.c.tariff_plan_id,
+        services.c.distribution_priority,
         accounts.c.id.label("account_id"),
         accounts.c.status.label("account_status"),
         accounts.c.billing_type,

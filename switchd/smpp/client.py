@@ -234,9 +234,83 @@ class OutboundPart:
     expires_at: datetime.datetime | None = None
     not_before: datetime.datetime | None = None
     attempts: int = 0  # failed tries on this node (not stored)
+    priority: int = 0  # the service's distribution priority: higher goes first
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at.timestamp() <= now
+
+
+class PartQueue:
+    """A link's queue in memory: parts of higher-priority services first (the
+    seed's "Distribution Priority": high priority services are served first),
+    in arrival order within one priority. The deque operations the link uses."""
+
+    __slots__ = ("_buckets", "_order", "_size")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, deque[OutboundPart]] = {}
+        self._order: list[int] = []  # priorities with a bucket, highest first
+        self._size = 0
+
+    def _bucket(self, priority: int) -> deque[OutboundPart]:
+        bucket = self._buckets.get(priority)
+        if bucket is None:
+            bucket = self._buckets[priority] = deque()
+            self._order.append(priority)
+            self._order.sort(reverse=True)
+        return bucket
+
+    def _head(self) -> deque[OutboundPart]:
+        for priority in self._order:
+            bucket = self._buckets[priority]
+            if bucket:
+                return bucket
+        raise IndexError("the queue is empty")
+
+    def append(self, part: OutboundPart) -> None:
+        self._bucket(part.priority).append(part)
+        self._size += 1
+
+    def appendleft(self, part: OutboundPart) -> None:
+        self._bucket(part.priority).appendleft(part)
+        self._size += 1
+
+    def extendleft(self, parts) -> None:
+        for part in parts:
+            self.appendleft(part)
+
+    def popleft(self) -> OutboundPart:
+        part = self._head().popleft()
+        self._size -= 1
+        return part
+
+    def __getitem__(self, index: int) -> OutboundPart:
+        if index != 0:
+            raise IndexError("only the head can be read")
+        return self._head()[0]
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def __iter__(self):
+        for priority in self._order:
+            yield from self._buckets[priority]
+
+    def clear(self) -> None:
+        self._buckets.clear()
+        self._order.clear()
+        self._size = 0
+
+    def remove_ids(self, ids: set[int]) -> None:
+        """Drop the parts whose id is in ``ids``."""
+        for priority in self._order:
+            bucket = self._buckets[priority]
+            kept = deque(part for part in bucket if part.part_id not in ids)
+            self._size -= len(bucket) - len(kept)
+            self._buckets[priority] = kept
 
 
 def build_submit(settings: LinkSettings, part: OutboundPart, sequence: int) -> pdu.Pdu:
@@ -620,7 +694,7 @@ class SmppLink:
         self.since = clock.seconds()
         self.protocol: ClientProtocol | None = None
         self.failures = 0
-        self.queue: deque[OutboundPart] = deque()
+        self.queue = PartQueue()
         # Parts sent but refused for now (throttled, timed out): back to the
         # head of the queue, in the order they were sent, on the next pump.
         self._held: list[OutboundPart] = []
@@ -832,7 +906,7 @@ class SmppLink:
             self.known.discard(part_id)
         self.withdrawn.update(ids)
         if ids & in_queue:
-            self.queue = deque(part for part in self.queue if part.part_id not in ids)
+            self.queue.remove_ids(ids)
             self.known.difference_update(ids)
         return True
 

@@ -612,8 +612,10 @@ _LOAD_PARTS = (
         sms_parts.c.registered_delivery,
         sms_parts.c.tlvs,
         sms_parts.c.expires_at,
+        func.coalesce(services.c.distribution_priority, 0).label("priority"),
     )
     .join(sms_messages, sms_messages.c.id == sms_parts.c.sms_message_id)
+    .outerjoin(services, services.c.id == sms_messages.c.service_id)
     .where(
         sms_parts.c.node == bindparam("node"),
         sms_parts.c.smpp_link_id == bindparam("link_id"),
@@ -990,6 +992,7 @@ def store_messages(
                 tlvs=dict(part.tlvs),
                 expires_at=item.expires_at,
                 not_before=item.scheduled_at,
+                priority=payers[item.service_id].distribution_priority,
             )
             for part in item.parts
         )
@@ -1289,6 +1292,7 @@ def load_parts(
             registered_delivery=row.registered_delivery,
             tlvs=dict(row.tlvs or {}),
             expires_at=row.expires_at,
+            priority=row.priority,
         )
         for row in rows
     ]

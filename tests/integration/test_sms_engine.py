@@ -678,3 +678,14 @@ def test_a_receiver_link_reports_on_what_its_transmitter_sibling_sent(world):
     _sent(world, [part], ["ABC"])
     assert run(world.engine.receipt_received(receiver, dlr.UpstreamReceipt("2748", "DELIVERED"))) == pdu.ESME_ROK
     assert world.rows(m.sms_messages)[0].status == "DELIVERED"
+
+
+def test_parts_carry_their_services_distribution_priority(world):
+    world.topup("5")
+    world.db.run_blocking(lambda c: c.execute(
+        update(m.services).where(m.services.c.id == world.service).values(distribution_priority=7)))
+    world.submit()
+    [stored] = world.parts_enqueued()
+    assert stored.priority == 7  # the fast path, straight from the commit
+    [loaded] = run(world.engine.load_parts(world.link, 0, 10))
+    assert loaded.part_id == stored.part_id and loaded.priority == 7  # the database path

@@ -242,6 +242,38 @@ def test_parts_go_within_the_sliding_window():
     assert rig.link.known == set()
 
 
+def test_higher_priority_services_are_served_first_in_arrival_order_within_one():
+    rig = Rig([part(n) for n in range(1, 4)], window_size=1)
+    smsc = rig.bound()
+    [first] = submits(smsc.read())  # the window is full; the rest waits in memory
+    rig.link.enqueue([part(10, priority=5), part(11), part(12, priority=5), part(13, priority=9)])
+    order = []
+    request = first
+    for _ in range(7):
+        smsc.answer(request, message_id="x")
+        order.append(request.short_message.decode())
+        [request] = submits(smsc.read()) or [None]
+        if request is None:
+            break
+    assert order == ["text 1", "text 13", "text 10", "text 12", "text 2", "text 3", "text 11"]
+    assert len(rig.link.queue) == 0
+
+
+def test_withdrawing_from_the_priority_queue_keeps_the_rest_in_order():
+    from switchd.smpp.client import PartQueue
+
+    queue = PartQueue()
+    for p in (part(1), part(2, priority=3), part(3), part(4, priority=3)):
+        queue.append(p)
+    queue.appendleft(part(5))
+    assert [p.part_id for p in queue] == [2, 4, 5, 1, 3] and len(queue) == 5 and queue[0].part_id == 2
+    queue.remove_ids({4, 1})
+    assert [p.part_id for p in queue] == [2, 5, 3] and len(queue) == 3
+    assert [queue.popleft().part_id for _ in range(3)] == [2, 5, 3] and not queue
+    with pytest.raises(IndexError):
+        queue.popleft()
+
+
 def test_submit_sm_carries_the_link_and_part_settings():
     settings = LinkSettings(id=1, name="c", host="h", port=1, service_type="CMT", source_addr_ton=5,
                             source_addr_npi=0, dest_addr_ton=1, dest_addr_npi=1, esm_class=0x03, protocol_id=7,
