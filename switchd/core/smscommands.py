@@ -9,6 +9,8 @@ fields may come in any order, separated by spaces):
     register ``number`` for authorisation by sender number;
 ``B.<name>``
     call the phone-directory entry named ``name`` (from the sender's number);
+    a name with spaces runs on over the words that are not fields
+    (``B.My office``);
 ``N<k>``
     call the k-th directory entry (``N2``);
 ``I``
@@ -90,8 +92,13 @@ def parse(text: str) -> Command:
         return Command("info")
     fields: dict[str, str] = {}
     position: int | None = None
+    last = None
     for word in words:
         match = re.fullmatch(r"([A-Za-z])\.(.+)", word)
+        if match is None and last == "B" and not re.fullmatch(r"[Nn][0-9]{1,3}|[Ii]", word):
+            fields["B"] += " " + word  # a directory name with spaces
+            continue
+        last = None
         if match is None:
             key_only = re.fullmatch(r"[Nn]([0-9]{1,3})", word)
             if key_only is not None and position is None:
@@ -107,6 +114,7 @@ def parse(text: str) -> Command:
         if key in fields:
             raise CommandError(f"{key}. given twice")
         fields[key] = value
+        last = key
     login, password = fields.pop("U", None), fields.pop("P", None)
     if (login is None) != (password is None):
         raise CommandError("give both U.login and P.password")

@@ -16,6 +16,14 @@ def test_the_seeds_examples():
     assert parse("I") == Command("info")
 
 
+def test_a_directory_name_with_spaces():
+    assert parse("B.My office") == Command("directory", name="My office")
+    assert parse("U.bob P.pw B.Aunt  Mary Jane") == Command("directory", "bob", "pw", name="Aunt Mary Jane")
+    assert parse("B.Aunt Mary U.bob P.pw") == Command("directory", "bob", "pw", name="Aunt Mary")
+    with pytest.raises(CommandError, match="cannot read"):
+        parse("D.123456 office")  # only a name runs on
+
+
 def test_forms_the_seed_implies():
     assert parse("  d.+48774417880  ") == Command("call", destination="+48774417880")  # sender authorises
     assert parse("O.12345678 D.48774417880 U.cb P.pw") == Command(
