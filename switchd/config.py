@@ -495,6 +495,10 @@ class CallbackSection:
     next_digit_seconds: float = setting(
         "5", parse_float(1), "Seconds between digits after which the number is taken as complete (or #)."
     )
+    language_menu: bool = setting(
+        "yes", parse_bool, "The first time the IVR asks for a number, it also names the other languages, "
+        "each in its own voice, with their keys (*1 to *5)."
+    )
     ani_delay_seconds: float = setting(
         "2", parse_float(0), "After refusing a client's call to an ANI access number, wait this long before "
         "calling back (a phone still hanging up would not ring)."

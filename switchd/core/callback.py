@@ -54,6 +54,15 @@ DEFAULT_ANNOUNCEMENT = "00080002"
 #: The IVR's language menu: * then a digit.
 LANGUAGE_KEYS = {"1": "en", "2": "es", "3": "fr", "4": "vi", "5": "zh"}
 
+#: The language menu: each language named in itself, with its key.
+LANGUAGE_MENU = {
+    "en": "For English, press star 1.",
+    "es": "Para español, marque asterisco 2.",
+    "fr": "Pour le français, tapez étoile 3.",
+    "vi": "Tiếng Việt, bấm sao 4.",
+    "zh": "中文请按星号5。",
+}
+
 
 @dataclass(frozen=True)
 class CallbackRequest:
@@ -127,6 +136,7 @@ class Callback:
     _leg2: Any = field(default=None, repr=False)
     _digits: str = ""
     language: str = "en"  # the request's, until user1 picks another in the IVR (*1 to *5)
+    _menu_said: bool = False  # the IVR named the other languages once
     _collecting: Deferred | None = field(default=None, repr=False)
     _digit_timer: IDelayedCall | None = field(default=None, repr=False)
 
@@ -252,6 +262,7 @@ class CallbackEngine:
         first_digit_seconds: float = 15.0,
         next_digit_seconds: float = 5.0,
         ivr_attempts: int = 3,
+        language_menu: bool = True,
         balance: Callable[[int], Awaitable[Any]] | None = None,
         redeem: Callable[[int, str], Awaitable[Any]] | None = None,
         topup_code: str = "**",
@@ -273,6 +284,7 @@ class CallbackEngine:
         self.first_digit_seconds = first_digit_seconds
         self.next_digit_seconds = next_digit_seconds
         self.ivr_attempts = ivr_attempts
+        self.language_menu = language_menu
         self.balance = balance
         self.callbacks: dict[str, Callback] = {}
         self._ended: deque[Callback] = deque()  # in the order they ended, for _expire
@@ -495,6 +507,10 @@ class CallbackEngine:
         if after is not None:
             items.append(("text", words.get(after, words["failed"])))
         items.append(("text", words["ask"]))
+        if self.language_menu and not callback._menu_said:
+            callback._menu_said = True
+            items += [("speech", (language, LANGUAGE_MENU[language])) for language in LANGUAGE_KEYS.values()
+                      if language != callback.language]
         callback._digits = ""
         self._event(callback, "collecting", "")
         self._play(callback, "a", items, interruptible=True)
@@ -630,6 +646,8 @@ class CallbackEngine:
             for kind, value in items:
                 if kind == "announcement":
                     prompts.append(await prompts_library.announcement(value, language))
+                elif kind == "speech":  # (language, text): words in a voice of their own
+                    prompts.append(await prompts_library.speak(value[1], value[0]))
                 else:
                     prompts.append(await prompts_library.speak(value, language))
             if callback.state == "ended":

@@ -320,6 +320,7 @@ class SIPService(Service):
             hangup_code=callback.hangup_code,
             first_digit_seconds=callback.first_digit_seconds,
             next_digit_seconds=callback.next_digit_seconds,
+            language_menu=callback.language_menu,
             balance=lambda account_id: self.db.run(ledger.balance_of, account_id),
             redeem=self._ivr_redeem,
         )

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
-from switchd.core.callback import CallbackEngine
+from switchd.core.callback import LANGUAGE_MENU, CallbackEngine
 from switchd.core.clients import Client
 from switchd.iif.server import IifPeer, IifServer, PeerTable
 from switchd.media.dtmf import DtmfDigit
@@ -76,6 +76,7 @@ class PromptWorld(Harness):
 
     def __init__(self, directory: Path, authz=None, refuse=None) -> None:
         super().__init__(authz=authz, refuse=refuse)
+        self.engine.language_menu = False  # named by its own test below
         self.directory = directory
         self.library = SilentSpeech(directory)
         self.media.prompts = self.library
@@ -529,3 +530,15 @@ def test_an_ani_callback_speaks_the_clients_else_the_access_numbers_language(
 def test_rate_fixture_is_the_one_the_limits_above_assume():
     assert (RATE.price_per_minute, RATE.connection_fee, RATE.increment_first, RATE.increment_next) == (
         Decimal("0.6"), Decimal("0"), 1, 1)
+
+
+def test_the_first_question_names_the_other_languages_each_in_its_own_voice(world):
+    world.engine.language_menu = True
+    callback = world.start(user2=None, ivr=True, language="fr")
+    world.answer1()
+    menu = [tts(text, language) for language, text in LANGUAGE_MENU.items() if language != "fr"]
+    assert world.plays() == [("a", (ask("fr"), *menu), True)]
+    assert {voice for voice, _ in world.library.spoken} == {VOICE[language] for language in VOICE}
+    world.press(callback, "*2")
+    world.clock.advance(5)  # the pause ends the keys: Spanish from now on, and the menu is not said again
+    assert world.plays()[1:] == [("a", (said("language", "es"),), True), ("a", (ask("es"),), True)]
