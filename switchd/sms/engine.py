@@ -762,23 +762,23 @@ class MessageEngine(Service):
             return pdu.ESME_RINVDSTADR
         if stored.delivery is not None:
             self._deliver_new(stored.connection_id, stored.delivery)
-        else:
-            self.bus.publish(
-                MessageReceived(
-                    at=self.clock.seconds(),
-                    message_id=stored.message_id,
-                    account_id=stored.account_id,
-                    service_id=stored.service_id,
-                    origin_kind=stored.origin_kind,
-                    connection_id=stored.connection_id,
-                    source=item.message.source,
-                    destination=item.message.destination,
-                    content=item.message.content,
-                    data_coding=item.message.data_coding,
-                    esm_class=item.message.esm_class,
-                    text=item.body,
-                )
+        # Every MO is an event (an HTTP customer's callback hears of it there).
+        self.bus.publish(
+            MessageReceived(
+                at=self.clock.seconds(),
+                message_id=stored.message_id,
+                account_id=stored.account_id,
+                service_id=stored.service_id,
+                origin_kind=stored.origin_kind,
+                connection_id=stored.connection_id,
+                source=item.message.source,
+                destination=item.message.destination,
+                content=item.message.content,
+                data_coding=item.message.data_coding,
+                esm_class=item.message.esm_class,
+                text=item.body,
             )
+        )
         return pdu.ESME_ROK
 
     def apply_outcome(self, op: Callable[[Any, list[Any]], list[store.Outcome]], item: Any) -> Deferred:

@@ -442,6 +442,9 @@ def test_mo_reaches_the_owner_of_the_number(world):
         "mo", "smpp", world.smpp_connection, "hi there")
     [row] = world.rows(m.sms_outbox)
     assert (row.kind, bytes(row.content), row.esm_class, row.tlvs) == ("mo", b"hi there", 0x40, {"sar_msg_ref_num": 3})
+    [event] = [e for e in world.events if isinstance(e, MessageReceived)]  # on the bus as well
+    assert (event.origin_kind, event.connection_id, event.message_id) == ("smpp", world.smpp_connection,
+                                                                        message.message_id)
     unknown = dlr.UpstreamMessage("447700900123", "33999", b"?", 0)
     assert run(world.engine.message_received(world.link, unknown)) == pdu.ESME_RINVDSTADR
 
