@@ -849,7 +849,12 @@ class SmppServerProtocol(Protocol):
             }
         if isinstance(pdu, p.CancelSm):
             if not pdu.message_id:
-                return p.ESME_RINVMSGID, {}
+                # SMPP 3.4 4.9: every message of this ESME from source_addr (to destination_addr,
+                # when given) not delivered yet; here, those none of whose parts left switchd.
+                if not pdu.source_addr:
+                    return p.ESME_RINVSRCADR, {}
+                cancelled = await engine.cancel_from(origin, pdu.source_addr, pdu.destination_addr or None)
+                return (p.ESME_ROK if cancelled else p.ESME_RCANCELFAIL), {}
             return (p.ESME_ROK if await engine.cancel(origin, pdu.message_id) else p.ESME_RCANCELFAIL), {}
         if isinstance(pdu, p.ReplaceSm):
             if not pdu.message_id:

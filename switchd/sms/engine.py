@@ -639,6 +639,23 @@ class MessageEngine(Service):
         self._publish(outcome)
         return True
 
+    async def cancel_from(self, origin: MessageOrigin, source: str, destination: str | None) -> int:
+        """Cancel the origin's messages from ``source`` (to ``destination``) none of whose
+        parts has left switchd (SMPP's cancel_sm without a message_id); how many were."""
+        try:
+            ids = await self.db.run(store.pending_message_ids, origin.account_id, origin.kind,
+                                    origin.connection_id, source, destination)
+        except STORAGE_ERRORS as error:
+            self.log.warn(  # noqa: G010 - twisted.logger has warn(), not warning()
+                "cannot read messages from {source}: {error}", source=source, error=error
+            )
+            raise MessageRefused(pdu.ESME_RSYSERR, 503, "messages cannot be read now") from None
+        cancelled = 0
+        for message_id in ids:
+            if await self.cancel(origin, message_id):
+                cancelled += 1
+        return cancelled
+
     async def replace(self, origin: MessageOrigin, message_id: str, content: bytes, data_coding: int) -> bool:
         """New content for a message none of whose parts has left switchd.
 

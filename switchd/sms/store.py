@@ -1486,6 +1486,26 @@ def change_target(conn: Connection, account_id: int, message_id: str) -> ChangeT
     )
 
 
+def pending_message_ids(
+    conn: Connection, account_id: int, origin_kind: str, connection_id: int, source: str,
+    destination: str | None, limit: int = 1000,
+) -> list[str]:
+    """Ids of a connection's messages still under way from ``source`` (to
+    ``destination`` if given), oldest first: what a cancel_sm without a
+    message_id names."""
+    m = sms_messages
+    query = (
+        select(m.c.message_id)
+        .where(m.c.account_id == account_id, m.c.origin_kind == origin_kind, m.c.connection_id == connection_id,
+               m.c.direction == "mt", m.c.status == "ENROUTE", m.c.source == source)
+        .order_by(m.c.id)
+        .limit(limit)
+    )
+    if destination:
+        query = query.where(m.c.destination == destination)
+    return list(conn.execute(query).scalars())
+
+
 def cancel_message(conn: Connection, target: ChangeTarget, now: datetime.datetime) -> Outcome | None:
     """Delete a message whose parts are all still queued; None if one is not any more."""
     states = [row.state for row in conn.execute(_PARTS_OF_MESSAGE, {"message_pk": target.message_pk})]

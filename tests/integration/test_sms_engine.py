@@ -569,6 +569,23 @@ def test_query_shows_the_state_to_its_own_account_only(world):
     assert run(world.engine.query(other, accepted.message_id)) is None
 
 
+def test_cancel_by_source_and_destination_takes_the_connections_queued_messages(world):
+    world.topup("5")
+    to_a = world.submit(source="ACME", destination="447700900001")
+    world.submit(source="ACME", destination="447700900002")
+    sent = world.submit(source="ACME", destination="447700900001")
+    _sent(world, [world.parts_enqueued()[-1]], ["9"])  # gone upstream: not cancellable
+    world.submit(source="OTHER", destination="447700900001")
+    http = world.submit(source="ACME", destination="447700900001", kind="http")  # another connection
+    assert run(world.engine.cancel_from(world.origin(), "ACME", "447700900001")) == 1
+    states = {row.message_id: row.status for row in world.rows(m.sms_messages)}
+    assert states[to_a.message_id] == "DELETED" and states[sent.message_id] == "ENROUTE"
+    assert states[http.message_id] == "ENROUTE"
+    assert run(world.engine.cancel_from(world.origin(), "ACME", None)) == 1  # ...002
+    assert sorted(states := [row.status for row in world.rows(m.sms_messages)]) == sorted(
+        ["DELETED", "DELETED", "ENROUTE", "ENROUTE", "ENROUTE"]), states
+
+
 def test_cancel_only_while_queued_and_refunds(world):
     world.topup("1")
     accepted = world.submit(registered_delivery=1)

@@ -79,6 +79,13 @@ class FakeEngine:
         self.cancelled.append(message_id)
         return True
 
+    async def cancel_from(self, origin: MessageOrigin, source: str, destination: str | None) -> int:
+        ids = [mid for mid, (o, info) in self.infos.items()
+               if o.connection_id == origin.connection_id and o.kind == origin.kind and info.state == "ENROUTE"
+               and info.source == source and destination in (None, info.destination) and mid not in self.cancelled]
+        self.cancelled += ids
+        return len(ids)
+
     async def replace(self, origin: MessageOrigin, message_id: str, content: bytes, data_coding: int) -> bool:
         if await self.query(origin, message_id) is None:
             return False

@@ -428,8 +428,8 @@ def test_query_cancel_replace():
     assert esme.one().status == p.ESME_ROK and world.engine.cancelled == [message_id]
     esme.send(p.CancelSm(message_id="nope"))
     assert esme.one().status == p.ESME_RCANCELFAIL
-    esme.send(p.CancelSm(message_id=""))
-    assert esme.one().status == p.ESME_RINVMSGID
+    esme.send(p.CancelSm(message_id=""))  # no id and no source address: nothing is named
+    assert esme.one().status == p.ESME_RINVSRCADR
     esme.send(p.ReplaceSm(message_id=message_id, short_message="Пока".encode("utf-16-be")))
     answer = esme.one()
     assert isinstance(answer, p.ReplaceSmResp) and answer.status == p.ESME_ROK
@@ -442,6 +442,22 @@ def test_query_cancel_replace():
     other.bind(login="other", password="pw")
     other.send(p.QuerySm(message_id=message_id))
     assert other.one().status == p.ESME_RINVMSGID
+
+
+def test_cancel_without_a_message_id_cancels_by_source_and_destination():
+    world = World()
+    esme = world.connect()
+    esme.bind()
+    ids = []
+    for destination in ("4471", "4472", "4471"):
+        esme.send(p.SubmitSm(source_addr="ACME", destination_addr=destination, short_message=b"x"))
+        ids.append(esme.one().message_id)
+    esme.send(p.CancelSm(message_id="", source_addr="ACME", destination_addr="4471"))
+    assert esme.one().status == p.ESME_ROK and world.engine.cancelled == [ids[0], ids[2]]
+    esme.send(p.CancelSm(message_id="", source_addr="ACME", destination_addr="4471"))
+    assert esme.one().status == p.ESME_RCANCELFAIL  # none left
+    esme.send(p.CancelSm(message_id="", source_addr="ACME"))  # every destination
+    assert esme.one().status == p.ESME_ROK and world.engine.cancelled == [ids[0], ids[2], ids[1]]
 
 
 def test_unbind_by_the_esme_waits_for_answers_in_progress():
