@@ -30,7 +30,7 @@ from .problem import Problem, invalid
 NUMBER = re.compile(r"^\+?[0-9]{1,31}$")
 ANNOUNCEMENT = re.compile(r"^[0-9]{8}$")
 FIELDS = {"service_id", "a", "b", "max_seconds", "caller_id", "caller_id_b", "announcement_a",
-          "announcement_b", "digits_b", "language", "status_url"}
+          "announcement_b", "digits_b", "language", "ivr", "status_url"}
 MAX_SECONDS = 86400
 
 

@@ -28,6 +28,11 @@ def test_schemathesis_finds_no_failures(tmp_path, request, backend):
     env = {}
     if backend == "postgresql":
         env = {"SWITCHD_DATABASE_URL": request.getfixturevalue("pg_schema_url"), "SWITCHD_DATABASE_AUTO_MIGRATE": "yes"}
+    # A valid request the account cannot pay for is refused with 402 (insufficient funds), as
+    # documented: for the "valid data accepted" check that is an answer, like 409.
+    (tmp_path / "schemathesis.toml").write_text(
+        '[checks.positive_data_acceptance]\n'
+        'expected-statuses = ["2xx", "3xx", "401", "402", "403", "404", "409", "429", "5xx"]\n')
     daemon = Daemon(tmp_path, env=env).start()
     try:
         result = subprocess.run(
