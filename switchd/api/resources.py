@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from ..store import models as m
 from ..sip.digest import compute_ha1
 from .auth import Principal, create_key, new_secret_hash
-from .problem import Problem
+from .problem import Problem, invalid
 from .schema import Field, Resource, WriteContext
 
 # -- field shorthands ---------------------------------------------------------
@@ -328,6 +328,43 @@ TRUNKS = Resource(
     "SIP trunks: carrier peers calls are routed to and received from.",
 )
 
+_LINK_TIMERS = ("transaction_timeout_ms", "heartbeat_interval_ms", "receiving_timeout_ms")
+_LINK_TIMER_DEFAULTS = {"transaction_timeout_ms": 6000, "heartbeat_interval_ms": 30000, "receiving_timeout_ms": 180000}
+
+
+def _link_timers_check(conn: Connection, values: dict[str, Any], link_id: int | None) -> None:
+    """Seed 001: transaction timeout < heartbeat interval < receiving timeout (a
+    transaction timeout of 0 waits as long as the session and is always allowed)."""
+    if not any(name in values for name in _LINK_TIMERS):
+        return
+    current = dict(_LINK_TIMER_DEFAULTS)
+    if link_id is not None:
+        row = conn.execute(select(*(m.smpp_links.c[name] for name in _LINK_TIMERS))
+                           .where(m.smpp_links.c.id == link_id)).first()
+        if row is not None:
+            current = dict(row._mapping)
+    current.update((name, values[name]) for name in _LINK_TIMERS if name in values)
+    transaction, heartbeat, receiving = (current[name] for name in _LINK_TIMERS)
+    errors = []
+    if transaction and transaction >= heartbeat:
+        errors.append({"field": "transaction_timeout_ms",
+                       "message": f"must be less than heartbeat_interval_ms ({heartbeat})"})
+    if heartbeat >= receiving:
+        errors.append({"field": "heartbeat_interval_ms",
+                       "message": f"must be less than receiving_timeout_ms ({receiving})"})
+    if errors:
+        raise invalid(errors)
+
+
+def _link_create(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> dict[str, Any]:
+    _link_timers_check(conn, values, None)
+    return {}
+
+
+def _link_update(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> None:
+    _link_timers_check(conn, values, ctx.object_id)
+
+
 SMPP_LINKS = Resource(
     "SmppLink",
     "smpp-links",
@@ -390,7 +427,10 @@ SMPP_LINKS = Resource(
         _created(),
         _updated(),
     ),
-    "Upstream SMPP links to SMSCs (seed 001 gateway parameters and defaults).",
+    "Upstream SMPP links to SMSCs (seed 001 gateway parameters and defaults; transaction_timeout_ms < "
+    "heartbeat_interval_ms < receiving_timeout_ms, else 422).",
+    on_create=_link_create,
+    on_update=_link_update,
 )
 
 MEMBERS = Resource(
