@@ -497,7 +497,7 @@ class CallbackSection:
     )
     language_menu: bool = setting(
         "yes", parse_bool, "The first time the IVR asks for a number, it also names the other languages, "
-        "each in its own voice, with their keys (*1 to *5)."
+        "each in its own voice, with the keys that choose them (star 1 to star 5)."
     )
     ani_delay_seconds: float = setting(
         "2", parse_float(0), "After refusing a client's call to an ANI access number, wait this long before "
