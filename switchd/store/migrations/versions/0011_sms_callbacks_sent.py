@@ -21,7 +21,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('callbacks_sent', sa.Integer(), server_default=sa.text('0'), nullable=False))
     # Messages from before: their callbacks were the old code's business. Only the
     # end callback of a message still under way is left to send.
-    op.execute("UPDATE sms_messages SET callbacks_sent = CASE WHEN status = 'ENROUTE' THEN 1 ELSE 7 END")
+    # Only HTTP messages have callbacks (and only they are in the index): the rest keep 0.
+    op.execute("UPDATE sms_messages SET callbacks_sent = CASE WHEN status = 'ENROUTE' THEN 1 ELSE 7 END "
+               "WHERE origin_kind = 'http'")
     op.create_index('ix_sms_messages_callbacks_waiting', 'sms_messages', ['node', 'id'], unique=False,
                     postgresql_where=sa.text(WAITING), sqlite_where=sa.text(WAITING))
 
