@@ -764,6 +764,7 @@ class MessageEngine(Service):
             message_id=str(uuid.uuid4()),
             body=message_text(message.content, message.data_coding, message.esm_class),
             now=self.now(),
+            node=self.node,
         )
         d = self.batcher.submit(self._mo_op, item)
         d.addCallback(self._mo_stored, item)

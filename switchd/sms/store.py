@@ -1344,6 +1344,7 @@ class MoItem:
     message_id: str
     body: str
     now: datetime.datetime
+    node: str | None = None  # the node that took it: the one that sends its HTTP callback
 
 
 def mo_owner(conn: Connection, destination: str) -> tuple[int, int, str, int] | None:
@@ -1400,7 +1401,7 @@ def store_mo(conn: Connection, items: list[MoItem]) -> list[MoStored | None]:
                     "origin_kind": kind,
                     "connection_id": connection_id,
                     "client_reference": None,
-                    "node": None,
+                    "node": item.node,
                     "source": _fit(sms_messages.c.source, mo.source),
                     "destination": _fit(sms_messages.c.destination, mo.destination),
                     "body": item.body,
