@@ -76,9 +76,10 @@ queues them as if their event had just come:
 * the start callback of a message of this node still ENROUTE (a message
   already final gets its end callback only: the start is not sent late);
 * the end callback of a message of this node in a final state;
-* the mo callback of an MO message for an HTTP connection.  MO messages are
-  not tied to a node: every node recovers them, so in a cluster one may come
-  from two nodes (with one ``webhook-id``).
+* the mo callback of an MO message for an HTTP connection that this node
+  took (MO rows stored before they named their node belong to none: every
+  node recovers those, so in a cluster one may come from two nodes, with one
+  ``webhook-id``).
 
 A message changed since this service started and less than
 ``recover_grace`` ago is left alone (its event is on its way through the
