@@ -513,11 +513,17 @@ class CallbackEngine:
                       if language != callback.language]
         callback._digits = ""
         self._event(callback, "collecting", "")
-        self._play(callback, "a", items, interruptible=True)
         collecting: Deferred = Deferred()
         callback._collecting = collecting
-        self._restart_digit_timer(callback, self.first_digit_seconds)
         collecting.addCallback(lambda digits: self._got_number(callback, digits, attempt))
+
+        def asked(_: Any) -> None:
+            # The wait for the first key starts once the question (and menu) has been
+            # heard, unless a key cut it short: then the digits' own timer runs.
+            if callback._collecting is collecting and not callback._digits and callback.state != "ended":
+                self._restart_digit_timer(callback, self.first_digit_seconds)
+
+        self._play(callback, "a", items, interruptible=True).addBoth(asked)
 
     def _restart_digit_timer(self, callback: Callback, seconds: float) -> None:
         if callback._digit_timer is not None and callback._digit_timer.active():

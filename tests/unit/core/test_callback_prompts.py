@@ -542,3 +542,27 @@ def test_the_first_question_names_the_other_languages_each_in_its_own_voice(worl
     world.press(callback, "*2")
     world.clock.advance(5)  # the pause ends the keys: Spanish from now on, and the menu is not said again
     assert world.plays()[1:] == [("a", (said("language", "es"),), True), ("a", (ask("es"),), True)]
+
+
+def test_the_wait_for_the_first_key_starts_when_the_question_has_been_heard(world):
+    world.hold = True  # plays end when the test says
+    callback = world.start(user2=None, ivr=True)
+    world.answer1()
+    world.clock.advance(30)  # a long question (and menu) still playing: no timeout yet
+    assert callback.state == "collecting" and len(world.plays()) == 1
+    world.finish()
+    world.clock.advance(14)
+    assert len(world.plays()) == 1
+    world.clock.advance(1)  # 15 s of silence after the question: asked again
+    assert len(world.plays()) == 2 and world.plays()[1] == ("a", (ask(),), True)
+
+
+def test_a_key_during_the_question_starts_the_number_not_the_first_key_wait(world):
+    world.hold = True
+    callback = world.start(user2=None, ivr=True)
+    world.answer1()
+    world.press(callback, "2")  # cuts the question short
+    world.finish("stopped")
+    world.press(callback, "22")
+    world.clock.advance(5)  # the pause after the last key ends the number
+    assert world.take(U2, "INVITE") and callback.user2 == "222"
