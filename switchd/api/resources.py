@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from ..store import models as m
 from ..sip.digest import compute_ha1
 from .auth import Principal, create_key, new_secret_hash
-from .problem import Problem, invalid
+from .problem import Problem
 from .schema import Field, Resource, WriteContext
 
 # -- field shorthands ---------------------------------------------------------
@@ -345,15 +345,13 @@ def _link_timers_check(conn: Connection, values: dict[str, Any], link_id: int | 
             current = dict(row._mapping)
     current.update((name, values[name]) for name in _LINK_TIMERS if name in values)
     transaction, heartbeat, receiving = (current[name] for name in _LINK_TIMERS)
-    errors = []
+    # Each value alone is valid: the combination conflicts (409, as for other cross-field rules).
     if transaction and transaction >= heartbeat:
-        errors.append({"field": "transaction_timeout_ms",
-                       "message": f"must be less than heartbeat_interval_ms ({heartbeat})"})
+        raise Problem(409, f"transaction_timeout_ms ({transaction}) must be less than heartbeat_interval_ms "
+                           f"({heartbeat})")
     if heartbeat >= receiving:
-        errors.append({"field": "heartbeat_interval_ms",
-                       "message": f"must be less than receiving_timeout_ms ({receiving})"})
-    if errors:
-        raise invalid(errors)
+        raise Problem(409, f"heartbeat_interval_ms ({heartbeat}) must be less than receiving_timeout_ms "
+                           f"({receiving})")
 
 
 def _link_create(conn: Connection, values: dict[str, Any], ctx: WriteContext) -> dict[str, Any]:
@@ -428,7 +426,7 @@ SMPP_LINKS = Resource(
         _updated(),
     ),
     "Upstream SMPP links to SMSCs (seed 001 gateway parameters and defaults; transaction_timeout_ms < "
-    "heartbeat_interval_ms < receiving_timeout_ms, else 422).",
+    "heartbeat_interval_ms < receiving_timeout_ms, else 409).",
     on_create=_link_create,
     on_update=_link_update,
 )
