@@ -8,25 +8,8 @@ from __future__ import annotations
 import json
 import signal
 import time
-from pathlib import Path
 
-import pytest
-
-from ..daemon import Daemon
-from ..smsc import FakeSmsc
-from .test_sms_http import Callbacks, Customer, call
-
-
-@pytest.fixture
-def world(tmp_path: Path):
-    smsc = FakeSmsc()
-    callbacks = Callbacks()
-    daemon = Daemon(tmp_path, env={"SWITCHD_SMPP_RELOAD_SECONDS": "1", "SWITCHD_SIP_LISTEN": ""}).start()
-    yield daemon, smsc, callbacks
-    daemon.stop()
-    smsc.close()
-    callbacks.close()
-    assert "Traceback" not in daemon.log.read_text()
+from .test_sms_http import Customer, call, world  # noqa: F401 - world: the same daemon, SMSC and callback server
 
 
 def test_an_end_callback_refused_before_sigkill_arrives_after_the_restart(world):
