@@ -937,6 +937,16 @@ def top_functions(path: Path, count: int = 15) -> list[tuple[str, float]]:
     return [(name, round(100 * n / busy, 1)) for name, n in ranked]
 
 
+def provision_and_bind(daemon: "Daemon", stats: Path, smsc_port: int, window: int, links: int) -> None:
+    """Provision the customer and ``links`` links, then wait until every link is bound to the SMSC."""
+    daemon.provision(smsc_port, window, links)
+    deadline = time.monotonic() + 30
+    while smsc_stats(stats).get("sessions", 0) < links:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the upstream link did not bind")
+        time.sleep(0.2)
+
+
 def measure(procs: Processes, args, backend: str, window: int, work: Path) -> dict[str, Any]:
     """One backend and window: fresh SMSC and daemon, a warm-up, the measured run."""
     directory = work / f"{backend}-w{window}-{int(time.time() * 1000)}"
@@ -951,12 +961,7 @@ def measure(procs: Processes, args, backend: str, window: int, work: Path) -> di
     try:
         smsc, smsc_port, stats = start_smsc(procs, directory, window, args.load_cpu)
         daemon = Daemon(procs, directory, url, window, args.daemon_cpu, args.switch_interval).start()
-        daemon.provision(smsc_port, window, args.links)
-        deadline = time.monotonic() + 30
-        while smsc_stats(stats).get("sessions", 0) < args.links:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the upstream link did not bind")
-            time.sleep(0.2)
+        provision_and_bind(daemon, stats, smsc_port, window, args.links)
         vacuumer = start_vacuumer(pg, args)
         log(f"{backend}, window {window}: warm-up ({args.warmup:g} s)")
         warm = launch_esme(procs, daemon.smpp_port, args, seconds=args.warmup, window=window, rate=0,
@@ -1053,12 +1058,7 @@ def long_run(procs: Processes, args, backend: str, work: Path) -> dict[str, Any]
     try:
         smsc, smsc_port, stats = start_smsc(procs, directory, window, args.load_cpu)
         daemon = Daemon(procs, directory, url, window, args.daemon_cpu, args.switch_interval).start()
-        daemon.provision(smsc_port, window, args.links)
-        deadline = time.monotonic() + 30
-        while smsc_stats(stats).get("sessions", 0) < args.links:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the upstream link did not bind")
-            time.sleep(0.2)
+        provision_and_bind(daemon, stats, smsc_port, window, args.links)
         vacuumer = start_vacuumer(pg, args)
         log(f"long run on {backend}: {args.long_seconds:g} s at {args.long_rate:g} messages/s, window {window}")
         esme = launch_esme(procs, daemon.smpp_port, args, seconds=args.long_seconds, window=window,

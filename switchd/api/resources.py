@@ -329,7 +329,6 @@ TRUNKS = Resource(
 )
 
 _LINK_TIMERS = ("transaction_timeout_ms", "heartbeat_interval_ms", "receiving_timeout_ms")
-_LINK_TIMER_DEFAULTS = {"transaction_timeout_ms": 6000, "heartbeat_interval_ms": 30000, "receiving_timeout_ms": 180000}
 
 
 def _link_timers_check(conn: Connection, values: dict[str, Any], link_id: int | None) -> None:
@@ -337,7 +336,7 @@ def _link_timers_check(conn: Connection, values: dict[str, Any], link_id: int | 
     transaction timeout of 0 waits as long as the session and is always allowed)."""
     if not any(name in values for name in _LINK_TIMERS):
         return
-    current = dict(_LINK_TIMER_DEFAULTS)
+    current = {name: m.smpp_links.c[name].default.arg for name in _LINK_TIMERS}  # a new link's defaults
     if link_id is not None:
         row = conn.execute(select(*(m.smpp_links.c[name] for name in _LINK_TIMERS))
                            .where(m.smpp_links.c.id == link_id)).first()
